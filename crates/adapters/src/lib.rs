@@ -1,0 +1,9 @@
+//! Adapters that connect the application's ports to real infrastructure.
+//!
+//! `sql` implements the ledger and idempotency stores on SQLite (the embedded default)
+//! and PostgreSQL (production) with one code path over sqlx's `Any` driver; the
+//! conformance suite in `tests/` runs the same cases against both.
+
+pub mod sql;
+
+pub use sql::{Backend, SqlStore, StoreOptions};

@@ -1,0 +1,18 @@
+//! Use cases of the ledger service and the ports they need.
+//!
+//! Each use case takes its ports (store, clock) from [`LedgerService`]; a state change and
+//! the outbox event announcing it are committed in one transaction. Transfers go through
+//! a bounded queue and are committed in batches by one writer task (group commit).
+
+pub mod clock;
+pub mod idempotency;
+pub mod ledger;
+pub mod outbox;
+pub mod ports;
+
+pub use clock::{Clock, SystemClock};
+pub use idempotency::{IdempotencyStore, KeyClaim};
+pub use ledger::{LedgerError, LedgerLimits, LedgerService, OpenOutcome};
+pub use ports::{
+    HistoryEntry, HistoryPage, LedgerStore, LedgerTx, StoreError, VerifyMismatch, VerifyReport,
+};

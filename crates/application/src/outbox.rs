@@ -1,0 +1,63 @@
+//! Events as they are written to the outbox table, in the same transaction as the change.
+
+use ferrobank_domain::{Account, LedgerEvent, Transfer, TransferKind};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// One row of the outbox: published later by the relay, at least once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxMessage {
+    /// Unique per event; consumers de-duplicate on it. Equals the id of the account or
+    /// transfer the event announces, since each of those produces exactly one event.
+    pub event_id: Uuid,
+    /// `account.opened`, `transfer.created`, `transfer.posted`, `transfer.voided`.
+    pub kind: &'static str,
+    /// The event body (JSON).
+    pub payload: Value,
+    /// When the change committed, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+impl OutboxMessage {
+    /// The outbox row for a domain event.
+    pub fn from_event(event: &LedgerEvent) -> Self {
+        let (event_id, payload, created_at_ms) = match event {
+            LedgerEvent::AccountOpened(account) => {
+                (account.id.0, account_json(account), account.created_at_ms)
+            }
+            LedgerEvent::TransferCreated(t) | LedgerEvent::TransferPosted(t) => {
+                (t.id.0, transfer_json(t, false), t.created_at_ms)
+            }
+            LedgerEvent::TransferVoided { transfer, expired } => {
+                (transfer.id.0, transfer_json(transfer, *expired), transfer.created_at_ms)
+            }
+        };
+        Self { event_id, kind: event.kind(), payload, created_at_ms }
+    }
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({
+        "account_id": a.id,
+        "currency": a.currency,
+        "ledger": a.currency.ledger(),
+        "code": a.code,
+        "owner": a.owner,
+        "flags": a.flags,
+    })
+}
+
+fn transfer_json(t: &Transfer, expired: bool) -> Value {
+    json!({
+        "transfer_id": t.id,
+        "debit_account_id": t.debit_account_id,
+        "credit_account_id": t.credit_account_id,
+        "amount": t.amount,
+        "currency": t.currency,
+        "ledger": t.currency.ledger(),
+        "code": t.code,
+        "pending_id": t.kind.pending_id(),
+        "pending": matches!(t.kind, TransferKind::Pending { .. }),
+        "expired": expired,
+    })
+}

@@ -1,0 +1,14 @@
+//! The pure core of ferrobank: money, identifiers and the double-entry ledger rules.
+//!
+//! Nothing here performs I/O, reads a clock or generates an id: time and ids are passed
+//! in, so every rule can be tested without a database or a runtime.
+
+pub mod ledger;
+pub mod money;
+
+pub use ledger::{
+    Account, AccountFlags, AccountId, Balances, Book, LedgerEvent, LedgerTotals, NewAccount,
+    NewTransfer, totals_by_ledger,
+    PendingStatus, Transfer, TransferError, TransferId, TransferKind, TransferOutcome,
+};
+pub use money::{Amount, AmountError, Currency, CurrencyError};

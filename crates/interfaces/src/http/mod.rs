@@ -1,0 +1,91 @@
+//! The HTTP API: one axum router for the ledger service plus health, metrics and docs.
+
+mod docs;
+pub mod dto;
+pub mod extract;
+pub mod idempotency;
+mod ledger;
+mod observe;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, StatusCode};
+use axum::routing::{get, post};
+use ferrobank_application::{Clock, IdempotencyStore, LedgerService};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+pub use docs::ApiDoc;
+pub use observe::metrics_handle;
+
+/// Header carrying the request id, set when the client did not send one.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Bounds on what a request may ask of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may run before it is answered 408/503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { max_body_bytes: 1024 * 1024, request_timeout_ms: 30_000 }
+    }
+}
+
+/// Everything a handler may need.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The ledger use cases.
+    pub ledger: LedgerService,
+    /// Idempotency-Key storage.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Bounds.
+    pub limits: HttpLimits,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/accounts", post(ledger::open_account))
+        .route("/api/accounts/{id}", get(ledger::get_account))
+        .route("/api/accounts/{id}/balances", get(ledger::get_balances))
+        .route("/api/accounts/{id}/history", get(ledger::get_history))
+        .route("/api/transfers", post(ledger::create_transfer))
+        .route("/api/transfers/batch", post(ledger::create_transfers))
+        .route("/api/transfers/{id}", get(ledger::get_transfer))
+        .route("/api/transfers/{id}/post", post(ledger::post_pending))
+        .route("/api/transfers/{id}/void", post(ledger::void_pending))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency));
+    Router::new()
+        .merge(api)
+        .route("/api/openapi.json", get(docs::openapi_json))
+        .route("/api/docs", get(docs::docs_page))
+        .route("/health", get(observe::health))
+        .route("/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
+        .fallback(observe::not_found)
+        .method_not_allowed_fallback(observe::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(observe::problem_request_id))
+        .layer(axum::middleware::from_fn(observe::access_log_and_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(state.limits.request_timeout_ms),
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
