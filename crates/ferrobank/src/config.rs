@@ -1,0 +1,265 @@
+//! Typed, layered configuration: defaults < file < `FERROBANK_*` env < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// File read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "ferrobank.toml";
+
+/// Everything ferrobank can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the API listens on. Loopback by default: authentication is not wired yet.
+    pub listen: SocketAddr,
+    /// Directory of the embedded SQLite database (used when `database_url` is unset).
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite://...`; overrides `data_dir`.
+    pub database_url: Option<String>,
+    /// Connection pool.
+    pub database: DatabaseConfig,
+    /// Ledger queue and batch bounds.
+    pub ledger: LedgerConfig,
+    /// Request bounds.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// Connection pool settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Most open connections.
+    pub max_connections: u32,
+    /// Wait for a free connection, in milliseconds.
+    pub acquire_timeout_ms: u64,
+}
+
+/// Ledger bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Requests waiting for the writer before the API answers 503.
+    pub queue_capacity: usize,
+    /// Most transfers per database transaction.
+    pub max_batch_transfers: usize,
+    /// Most transfers per API request.
+    pub max_request_transfers: usize,
+    /// How often expired holds are voided, in milliseconds.
+    pub expiry_interval_ms: u64,
+}
+
+/// HTTP bounds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Request timeout in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (pretty on a terminal, JSON otherwise), `json` or `pretty`.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `ferrobank=debug,sqlx=warn`.
+    pub level: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("ferrobank-data"),
+            database_url: None,
+            database: DatabaseConfig::default(),
+            ledger: LedgerConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        let d = ferrobank_adapters::StoreOptions::default();
+        Self { max_connections: d.max_connections, acquire_timeout_ms: d.acquire_timeout_ms }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        let d = ferrobank_application::LedgerLimits::default();
+        Self {
+            queue_capacity: d.queue_capacity,
+            max_batch_transfers: d.max_batch_transfers,
+            max_request_transfers: d.max_request_transfers,
+            expiry_interval_ms: d.expiry_interval_ms,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let d = ferrobank_interfaces::HttpLimits::default();
+        Self { max_body_bytes: d.max_body_bytes, request_timeout_ms: d.request_timeout_ms }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Auto, level: "info,sqlx=warn".into() }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads the layers. `file` is `--config`; without it `ferrobank.toml` is read if present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        figment = figment
+            .merge(Env::prefixed("FERROBANK_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment.extract().map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("ledger.queue_capacity", self.ledger.queue_capacity as u64),
+            ("ledger.max_batch_transfers", self.ledger.max_batch_transfers as u64),
+            ("ledger.max_request_transfers", self.ledger.max_request_transfers as u64),
+            ("http.max_body_bytes", self.http.max_body_bytes as u64),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be greater than 0"));
+        }
+        if let Some(url) = &self.database_url {
+            if ferrobank_adapters::Backend::from_url(url).is_none() {
+                return Err("database_url must start with postgres:// or sqlite://".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect: `database_url`, else the SQLite file in `data_dir`.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("ferrobank.db").display()),
+        }
+    }
+
+    /// The configuration as TOML with secrets replaced by `***`.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = shown.database_url.as_deref().map(redact_url);
+        toml_string(&shown)
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    // figment re-exports no TOML writer; serialize through serde_json into a small writer.
+    let value = serde_json::to_value(config).unwrap_or_default();
+    let mut top = String::new();
+    let mut sections = String::new();
+    if let serde_json::Value::Object(map) = value {
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Object(table) => {
+                    sections.push_str(&format!("\n[{key}]\n"));
+                    for (k, v) in table {
+                        sections.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
+                serde_json::Value::Null => top.push_str(&format!("# {key} is unset\n")),
+                other => top.push_str(&format!("{key} = {other}\n")),
+            }
+        }
+    }
+    top + &sections
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://bank:s3cret@db:5432/ledger"), "postgres://bank:***@db:5432/ledger");
+        assert_eq!(redact_url("postgres://db/ledger"), "postgres://db/ledger");
+        assert_eq!(redact_url("sqlite://data/ferrobank.db"), "sqlite://data/ferrobank.db");
+    }
+
+    #[test]
+    fn printed_config_never_contains_the_password() {
+        let config = Config { database_url: Some("postgres://u:hunter2@h/d".into()), ..Config::default() };
+        let text = config.redacted_toml();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("u:***@h/d"), "{text}");
+    }
+}

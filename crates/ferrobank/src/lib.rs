@@ -1,0 +1,8 @@
+//! The ferrobank binary's library half: configuration, wiring and operator tools, so that
+//! tests can start the real server in-process (`server::start`).
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod server;

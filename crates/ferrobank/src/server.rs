@@ -1,0 +1,161 @@
+//! Wiring: store + ledger service + router, served until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrobank_adapters::SqlStore;
+use ferrobank_application::{
+    Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock,
+};
+use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+
+/// Idempotency keys are kept this long, then purged.
+const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// How often old idempotency keys are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// A server running in the background.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The ledger service the server uses (for seeding and tests).
+    pub ledger: LedgerService,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    writer: JoinHandle<()>,
+    purge: JoinHandle<()>,
+    shutdown_timeout: Duration,
+}
+
+/// Binds and starts serving; returns at once.
+pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let limits = LedgerLimits {
+        queue_capacity: config.ledger.queue_capacity,
+        max_batch_transfers: config.ledger.max_batch_transfers,
+        max_request_transfers: config.ledger.max_request_transfers,
+        expiry_interval_ms: config.ledger.expiry_interval_ms,
+    };
+    let store = Arc::new(store);
+    let (ledger, writer) = LedgerService::start(store.clone(), clock.clone(), limits);
+    let idempotency: Arc<dyn IdempotencyStore> = store.clone();
+    let state = AppState {
+        ledger: ledger.clone(),
+        idempotency: idempotency.clone(),
+        clock: clock.clone(),
+        limits: HttpLimits {
+            max_body_bytes: config.http.max_body_bytes,
+            request_timeout_ms: config.http.request_timeout_ms,
+        },
+        metrics: metrics_handle(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let app = router(state);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let before_ms = clock.now_ms() - IDEMPOTENCY_RETENTION_MS;
+            if let Err(error) = idempotency.purge(before_ms).await {
+                tracing::warn!(%error, "purging old idempotency keys failed");
+            }
+        }
+    });
+    Ok(Running {
+        addr,
+        ledger,
+        shutdown,
+        server,
+        writer,
+        purge,
+        shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests and the batch in hand finish, then returns.
+    pub async fn stop(self) -> Result<(), String> {
+        let Running { ledger, shutdown, server, writer, purge, shutdown_timeout, .. } = self;
+        let _ = shutdown.send(());
+        purge.abort();
+        let drained = tokio::time::timeout(shutdown_timeout, async move {
+            let served = server.await;
+            // The router's clones are gone with the server; dropping ours closes the
+            // queue, and the writer exits after committing what it holds.
+            drop(ledger);
+            let _ = writer.await;
+            served
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("server failed: {e}")),
+            Ok(Err(e)) => Err(format!("server task failed: {e}")),
+            Err(_) => Err(format!("shutdown took longer than {shutdown_timeout:?}")),
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: Config, store: SqlStore, demo: bool) -> Result<(), String> {
+    let database = crate::config::redact_url(&config.effective_database_url());
+    let running = start(&config, store).await?;
+    let base = format!("http://{}", running.addr);
+    println!("ferrobank is up on {base}");
+    println!("  API docs   {base}/api/docs");
+    println!("  OpenAPI    {base}/api/openapi.json");
+    println!("  health     {base}/health   ready {base}/ready   metrics {base}/metrics");
+    println!("  database   {database}");
+    if demo {
+        let accounts = crate::demo::seed(&running.ledger).await?;
+        println!("  demo accounts (EUR, amounts in cents):");
+        for (name, id) in accounts {
+            println!("    {name:<6} {base}/api/accounts/{id}");
+        }
+    }
+    println!("Press Ctrl-C to stop.");
+    tracing::info!(addr = %running.addr, "listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections, finishing in-flight work");
+    running.stop().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
