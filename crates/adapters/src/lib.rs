@@ -7,3 +7,6 @@
 pub mod sql;
 
 pub use sql::{Backend, SqlStore, StoreOptions};
+
+#[cfg(feature = "testing")]
+pub mod testing;
