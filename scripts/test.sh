@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs every ferrobank test on this machine, fresh or not: installs and starts what the
+# tests need (PostgreSQL, cargo-nextest), then runs the whole workspace with nextest.
+#
+#   ./scripts/test.sh            # everything
+#   ./scripts/test.sh -E 'test(api)'   # extra arguments go to `cargo nextest run`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+# The role the tests use to create (and drop) one database per test.
+PG_TEST_ROLE=ferrobank_test
+PG_TEST_PASSWORD=ferrobank_test
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "PostgreSQL is not installed: installing it with apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+  fi
+  if ! pg_isready -q -h "$PG_HOST" -p "$PG_PORT"; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 60); do
+      pg_isready -q -h "$PG_HOST" -p "$PG_PORT" && break
+      sleep 0.5
+    done
+    pg_isready -h "$PG_HOST" -p "$PG_PORT" >/dev/null || { log "PostgreSQL did not start"; exit 1; }
+  fi
+  # A password role works whatever pg_hba.conf says for TCP (trust or scram-sha-256).
+  local sql="DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_TEST_ROLE') THEN
+      CREATE ROLE $PG_TEST_ROLE LOGIN CREATEDB PASSWORD '$PG_TEST_PASSWORD';
+    END IF; END \$\$;"
+  if psql -q -h "$PG_HOST" -p "$PG_PORT" -d postgres -c "$sql" >/dev/null 2>&1; then :
+  elif psql -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -c "$sql" >/dev/null 2>&1; then :
+  else as_root su postgres -c "psql -q -d postgres -c \"$sql\"" >/dev/null
+  fi
+  export FERROBANK_TEST_PG_URL="postgres://$PG_TEST_ROLE:$PG_TEST_PASSWORD@$PG_HOST:$PG_PORT/postgres"
+  # The test database the suites connect through; each test then creates its own.
+  psql -q "$FERROBANK_TEST_PG_URL" -c 'SELECT 1' >/dev/null
+  log "PostgreSQL ready at $PG_HOST:$PG_PORT (role $PG_TEST_ROLE)"
+}
+
+ensure_nextest() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+}
+
+ensure_postgres
+ensure_nextest
+log "running the workspace tests"
+cargo nextest run --workspace --no-fail-fast "$@"
