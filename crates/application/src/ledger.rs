@@ -74,6 +74,9 @@ pub enum OpenOutcome {
 
 type TransferResults = Vec<Result<TransferOutcome, TransferError>>;
 
+/// Attempts at committing one batch when it loses a race with a concurrent writer.
+const MAX_BATCH_ATTEMPTS: usize = 3;
+
 struct Job {
     requests: Vec<NewTransfer>,
     reply: oneshot::Sender<Result<TransferResults, LedgerError>>,
@@ -234,7 +237,18 @@ impl Writer {
         metrics::histogram!("ferrobank_ledger_batch_transfers").record(count as f64);
         metrics::gauge!("ferrobank_ledger_queue_depth").set(jobs.len() as f64);
         let requests: Vec<&[NewTransfer]> = batch.iter().map(|j| j.requests.as_slice()).collect();
-        match self.commit_batch(&requests).await {
+        let mut committed = self.commit_batch(&requests).await;
+        // A conflict means another writer (a second replica on PostgreSQL) committed one of
+        // our ids or rows first. The batch rolled back as a whole; running it again re-reads
+        // the state, so a transfer that now exists comes back as `exists`, not as an error.
+        for _ in 1..MAX_BATCH_ATTEMPTS {
+            if !matches!(committed, Err(StoreError::Conflict(_))) {
+                break;
+            }
+            metrics::counter!("ferrobank_ledger_batch_retries_total").increment(1);
+            committed = self.commit_batch(&requests).await;
+        }
+        match committed {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {
                     // The caller may have gone away (client disconnected); its transfers

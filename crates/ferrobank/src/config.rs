@@ -183,10 +183,10 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
         }
-        if let Some(url) = &self.database_url {
-            if ferrobank_adapters::Backend::from_url(url).is_none() {
-                return Err("database_url must start with postgres:// or sqlite://".into());
-            }
+        if let Some(url) = &self.database_url
+            && ferrobank_adapters::Backend::from_url(url).is_none()
+        {
+            return Err("database_url must start with postgres:// or sqlite://".into());
         }
         Ok(())
     }

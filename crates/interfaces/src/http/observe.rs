@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::problem::{PROBLEM_JSON, Problem};
 use super::{AppState, REQUEST_ID};
@@ -97,7 +98,9 @@ pub async fn access_log_and_metrics(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let response = next.run(request).await;
+    // Every log line written while handling the request carries its id.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let response = next.run(request).instrument(span).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16().to_string();
     let labels = [("method", method.to_string()), ("route", route.clone()), ("status", status.clone())];
