@@ -40,6 +40,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "banking_database_connection_errors_total",
                 "Database connection failures (I/O, pool timeouts)"
             );
+            // Exported from the start at 0, so `rate(...)` in the alert rules has a series.
+            metrics::counter!("banking_database_connection_errors_total").increment(0);
             handle
         })
         .clone()
