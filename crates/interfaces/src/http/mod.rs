@@ -9,16 +9,14 @@ mod observe;
 pub mod problem;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
 use axum::routing::{get, post};
 use ferrobank_application::{Clock, IdempotencyStore, LedgerService};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
 pub use docs::ApiDoc;
 pub use observe::metrics_handle;
@@ -81,10 +79,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(axum::middleware::from_fn(observe::problem_request_id))
         .layer(axum::middleware::from_fn(observe::access_log_and_metrics))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(state.limits.request_timeout_ms),
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::request_timeout))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)

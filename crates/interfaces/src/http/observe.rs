@@ -120,6 +120,19 @@ pub async fn access_log_and_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// Answers 503 problem+json when a request runs past `request_timeout_ms`. A transfer
+/// that was already queued may still commit; retrying with the same id is safe.
+pub async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out")
+            .detail("the request took too long; retry with the same ids or Idempotency-Key")
+            .retry_after(1)
+            .into_response(),
+    }
+}
+
 /// Puts the request id into every problem body (STYLE: the request id in every error).
 pub async fn problem_request_id(request: Request, next: Next) -> Response {
     let request_id = request.headers().get(REQUEST_ID).cloned();
