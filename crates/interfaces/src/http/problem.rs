@@ -13,6 +13,10 @@ pub const PROBLEM_BASE: &str = "https://ferrobank.dev/problems/";
 /// Media type of problem responses (RFC 9457 section 3).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Longest `detail`, in characters: parser messages quote the input (a field name, a
+/// string), and a problem must stay small whatever the client sent.
+const MAX_DETAIL_CHARS: usize = 512;
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -48,7 +52,12 @@ impl Problem {
 
     /// Adds the occurrence-specific explanation.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        let mut detail = detail.into();
+        if let Some((cut, _)) = detail.char_indices().nth(MAX_DETAIL_CHARS) {
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        self.detail = Some(detail);
         self
     }
 

@@ -1,0 +1,329 @@
+//! Test harness shared by the black-box suites: a real server on a random port over a
+//! throwaway database (zero2prod's `spawn_app`), an HTTP client and the few helpers every
+//! test needs (open an account, move money, read balances and history, check a problem).
+// Each test binary uses its own subset of the helpers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use ferrobank::config::Config;
+use ferrobank::server::{self, Running};
+use ferrobank_adapters::testing::TestDatabase;
+use ferrobank_adapters::{Backend, SqlStore};
+use ferrobank_application::{LedgerStore, VerifyReport};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Base of every problem `type` URI.
+pub const PROBLEM_BASE: &str = "https://ferrobank.dev/problems/";
+/// Longest a single HTTP request of a test may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Generates one `#[tokio::test]` per backend for each named `async fn(Backend)`:
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(::ferrobank_adapters::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(::ferrobank_adapters::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+/// A running server and what a test needs to talk to it and to look behind it.
+#[derive(Debug)]
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub address: String,
+    /// Client with a per-request timeout.
+    pub client: reqwest::Client,
+    /// The store the server uses (a clone of its pool), for `verify`.
+    pub store: SqlStore,
+    running: Option<Running>,
+    // Declared last: dropped after the server's pool is gone.
+    db: TestDatabase,
+}
+
+/// Starts the real router on `127.0.0.1:0` over a fresh, migrated database.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let config = Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        database_url: Some(db.url.clone()),
+        ..Config::default()
+    };
+    let running = server::start(&config, store.clone()).await.unwrap();
+    TestApp {
+        address: format!("http://{}", running.addr),
+        client: client(),
+        store,
+        running: Some(running),
+        db,
+    }
+}
+
+/// An HTTP client with a bounded request time.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap()
+}
+
+/// A response read in full.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body as text.
+    pub text: String,
+}
+
+impl Reply {
+    /// Reads the whole response.
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Self { status, headers, text }
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("{} body is not JSON ({e}): {}", self.status, self.text))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        self.json()
+    }
+
+    /// Asserts an RFC 9457 problem: 4xx `status`, problem+json, type ending in `code`
+    /// under the stable base, the `status` field, and the request id of the header.
+    pub fn expect_problem(&self, status: u16, code: &str) -> Value {
+        self.check_problem(status, code).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `expect_problem` without the panic: what differs, if anything.
+    pub fn check_problem(&self, status: u16, code: &str) -> Result<Value, String> {
+        let shown: String = self.text.chars().take(400).collect();
+        let fail = |what: &str| Err(format!("{what}; got {} {shown}", self.status));
+        if self.status.as_u16() != status {
+            return fail(&format!("expected status {status}"));
+        }
+        if self.header("content-type") != Some("application/problem+json") {
+            return fail(&format!("content-type is {:?}", self.header("content-type")));
+        }
+        let Ok(problem) = serde_json::from_str::<Value>(&self.text) else {
+            return fail("body is not JSON");
+        };
+        if problem["type"] != format!("{PROBLEM_BASE}{code}") {
+            return fail(&format!("expected type {PROBLEM_BASE}{code}"));
+        }
+        if problem["status"] != status {
+            return fail("status field differs");
+        }
+        if problem["title"].as_str().is_none_or(str::is_empty) {
+            return fail("no title");
+        }
+        match problem["request_id"].as_str() {
+            Some(id) if !id.is_empty() && Some(id) == self.header("x-request-id") => Ok(problem),
+            _ => fail("request_id missing or not the x-request-id header"),
+        }
+    }
+}
+
+/// Options of a new account.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccountSpec {
+    /// Refuse overdrafts.
+    pub no_overdraft: bool,
+}
+
+impl TestApp {
+    /// `GET {path}`.
+    pub async fn get(&self, path: &str) -> Reply {
+        let response = self.client.get(format!("{}{path}", self.address)).send().await.unwrap();
+        Reply::read(response).await
+    }
+
+    /// `POST {path}` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        let url = format!("{}{path}", self.address);
+        Reply::read(self.client.post(url).json(body).send().await.unwrap()).await
+    }
+
+    /// `POST {path}` with a JSON body and an `Idempotency-Key`.
+    pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> Reply {
+        let url = format!("{}{path}", self.address);
+        let request = self.client.post(url).header("idempotency-key", key).json(body);
+        Reply::read(request.send().await.unwrap()).await
+    }
+
+    /// Opens a EUR account; returns its id.
+    pub async fn open_account(&self, spec: AccountSpec) -> Uuid {
+        self.open_account_in("EUR", spec).await
+    }
+
+    /// Opens an account in `currency`; returns its id.
+    pub async fn open_account_in(&self, currency: &str, spec: AccountSpec) -> Uuid {
+        let id = Uuid::now_v7();
+        let body = json!({
+            "id": id,
+            "currency": currency,
+            "owner": format!("customer-{}", id.simple()),
+            "flags": { "debits_must_not_exceed_credits": spec.no_overdraft },
+        });
+        let account = self.post("/api/accounts", &body).await.expect(201);
+        assert_eq!(account["id"], id.to_string());
+        id
+    }
+
+    /// Sends a posted EUR transfer with a fresh id; returns the reply.
+    pub async fn transfer(&self, debit: Uuid, credit: Uuid, amount: i64) -> Reply {
+        self.post("/api/transfers", &transfer_body(Uuid::now_v7(), debit, credit, amount)).await
+    }
+
+    /// Sends a posted EUR transfer that must succeed; returns it.
+    pub async fn transfer_ok(&self, debit: Uuid, credit: Uuid, amount: i64) -> Value {
+        self.transfer(debit, credit, amount).await.expect(201)
+    }
+
+    /// Places a hold of `amount` from `debit` to `credit`; returns the hold's id.
+    pub async fn hold(&self, debit: Uuid, credit: Uuid, amount: i64) -> Uuid {
+        let id = Uuid::now_v7();
+        let mut body = transfer_body(id, debit, credit, amount);
+        body["flags"] = json!({ "pending": true });
+        let hold = self.post("/api/transfers", &body).await.expect(201);
+        assert_eq!(hold["pending_status"], "pending", "{hold}");
+        id
+    }
+
+    /// The balances of an account.
+    pub async fn balances(&self, account: Uuid) -> Value {
+        self.get(&format!("/api/accounts/{account}/balances")).await.expect(200)
+    }
+
+    /// Every history entry of an account, newest first, following the cursor.
+    pub async fn history(&self, account: Uuid) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/accounts/{account}/history?limit=500&cursor={c}"),
+                None => format!("/api/accounts/{account}/history?limit=500"),
+            };
+            let page = self.get(&path).await.expect(200);
+            entries.extend(page["entries"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return entries,
+            }
+        }
+    }
+
+    /// What a user could see of these accounts: account, balances and whole history.
+    pub async fn snapshot(&self, accounts: &[Uuid]) -> Value {
+        let mut views = Vec::new();
+        for &account in accounts {
+            views.push(json!({
+                "account": self.get(&format!("/api/accounts/{account}")).await.expect(200),
+                "history": self.history(account).await,
+            }));
+        }
+        Value::Array(views)
+    }
+
+    /// Recomputes every balance from the transfers; panics on any mismatch.
+    pub async fn verify_clean(&self) -> VerifyReport {
+        let report = LedgerStore::verify(&self.store).await.unwrap();
+        assert!(report.mismatches.is_empty(), "ledger verify found mismatches: {report:?}");
+        report
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> String {
+        let reply = self.get("/metrics").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.text
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+    }
+}
+
+/// The JSON body of a posted EUR transfer.
+pub fn transfer_body(id: Uuid, debit: Uuid, credit: Uuid, amount: i64) -> Value {
+    json!({
+        "id": id,
+        "debit_account_id": debit,
+        "credit_account_id": credit,
+        "amount": amount,
+        "currency": "EUR",
+    })
+}
+
+/// Retries `check` until it yields `Some` or `deadline` passes; never sleeps blindly
+/// past the moment the effect is visible.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < give_up, "gave up after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a failing run can be replayed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator; the seed may be anything but 0 (0 is replaced).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Next value in `0..bound` (bound > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    }
+
+    /// Picks an element.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        let index = usize::try_from(self.below(items.len() as u64)).unwrap();
+        &items[index]
+    }
+}
