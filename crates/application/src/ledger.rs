@@ -76,6 +76,8 @@ type TransferResults = Vec<Result<TransferOutcome, TransferError>>;
 
 /// Attempts at committing one batch when it loses a race with a concurrent writer.
 const MAX_BATCH_ATTEMPTS: usize = 3;
+/// Attempts at opening an account when a concurrent open of the same id wins the insert.
+const MAX_OPEN_ATTEMPTS: usize = 3;
 
 struct Job {
     requests: Vec<NewTransfer>,
@@ -123,15 +125,30 @@ impl LedgerService {
 
     /// Opens an account; opening the same account again returns it unchanged.
     pub async fn open_account(&self, new: NewAccount) -> Result<OpenOutcome, LedgerError> {
+        // Two opens of one new id (a retry racing the original) both find no row to lock
+        // on PostgreSQL; the loser's insert conflicts, and running it again finds the
+        // winner's account: `Exists`, not a 503.
+        let mut attempt = 1;
+        loop {
+            match self.try_open_account(&new).await {
+                Err(LedgerError::Store(StoreError::Conflict(_))) if attempt < MAX_OPEN_ATTEMPTS => {
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_open_account(&self, new: &NewAccount) -> Result<OpenOutcome, LedgerError> {
         let mut tx = self.store.begin().await?;
         if let Some(existing) = tx.lock_accounts(&[new.id]).await?.pop() {
-            return if existing.matches(&new) {
+            return if existing.matches(new) {
                 Ok(OpenOutcome::Exists(existing))
             } else {
                 Err(LedgerError::AccountExistsWithDifferentFields)
             };
         }
-        let account = Account::open(new, self.clock.now_ms());
+        let account = Account::open(new.clone(), self.clock.now_ms());
         tx.insert_account(&account).await?;
         let event = LedgerEvent::AccountOpened(account.clone());
         tx.append_outbox(&[OutboxMessage::from_event(&event)]).await?;

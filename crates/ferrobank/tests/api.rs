@@ -37,6 +37,7 @@ on_both_backends!(
     a_void_releases_the_hold,
     holds_post_in_full_or_in_part,
     resolving_an_unknown_or_resolved_hold_is_refused,
+    a_hold_expires_after_its_timeout,
     a_linked_chain_with_one_failing_link_changes_nothing,
     idempotency_key_replays_the_first_response,
     bad_input_is_a_problem_and_changes_nothing,
@@ -312,6 +313,41 @@ async fn resolving_an_unknown_or_resolved_hold_is_refused(backend: Backend) {
         .await
         .expect(201);
     assert_eq!(app.snapshot(&[bank, alice]).await[0]["account"], before[0]["account"]);
+    app.verify_clean().await;
+}
+
+async fn a_hold_expires_after_its_timeout(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, alice) = funded_customer(&app, 1_000).await;
+    let shop = app.open_account(PLAIN).await;
+    let hold_id = Uuid::now_v7();
+    let mut body = transfer_body(hold_id, alice, shop, 300);
+    body["flags"] = json!({ "pending": true });
+    body["timeout_seconds"] = json!(1);
+    let hold = app.post("/api/transfers", &body).await.expect(201);
+    assert_eq!(hold["timeout_seconds"], 1);
+    assert_eq!(i(&hold["expires_at_ms"]), i(&hold["created_at_ms"]) + 1_000);
+    assert_eq!(i(&app.balances(alice).await["available"]), 700);
+
+    let path = format!("/api/transfers/{hold_id}");
+    common::poll_until("the hold to expire", std::time::Duration::from_secs(30), || async {
+        let hold = app.get(&path).await.expect(200);
+        (hold["pending_status"] == "expired").then_some(())
+    })
+    .await;
+    let released = app.balances(alice).await;
+    assert_eq!(i(&released["available"]), 1_000);
+    assert_eq!(i(&released["debits_pending"]), 0);
+    assert_eq!(i(&app.balances(shop).await["credits_pending"]), 0);
+    let newest = &app.history(alice).await[0]["transfer"];
+    assert_eq!(newest["flags"]["void_pending"], true, "{newest}");
+    assert_eq!(newest["pending_id"], hold_id.to_string());
+
+    for action in ["post", "void"] {
+        app.post(&format!("{path}/{action}"), &json!({ "id": Uuid::now_v7() }))
+            .await
+            .expect_problem(409, "pending_transfer_expired");
+    }
     app.verify_clean().await;
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::{AccountSpec, Rng, TestApp, spawn_app, transfer_body};
 use ferrobank_adapters::Backend;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 const CLIENTS: u64 = 32;
@@ -24,6 +24,7 @@ on_both_backends!(
     hot_accounts_under_concurrent_load_stay_exact,
     one_transfer_id_sent_by_many_clients_is_created_once,
     one_idempotency_key_sent_by_many_clients_runs_once,
+    one_account_id_opened_by_many_clients_is_opened_once,
 );
 
 /// A transfer the server answered 201 to.
@@ -210,4 +211,34 @@ async fn one_idempotency_key_sent_by_many_clients_runs_once(backend: Backend) {
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.balances(alice).await["posted"], 40, "{in_flight} answered in flight");
     assert_eq!(app.verify_clean().await.transfers_checked, 1);
+}
+
+async fn one_account_id_opened_by_many_clients_is_opened_once(backend: Backend) {
+    let app = Arc::new(spawn_app(backend).await);
+    // A client retrying an open while the first attempt still runs sends the same id twice.
+    for round in 0..5 {
+        let body =
+            json!({ "id": Uuid::now_v7(), "currency": "EUR", "owner": format!("race-{round}") });
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (app, body) = (app.clone(), body.clone());
+                tokio::spawn(async move { app.post("/api/accounts", &body).await })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        let mut accounts = Vec::new();
+        let mut refusals = Vec::new();
+        for task in tasks {
+            let reply = task.await.unwrap();
+            statuses.push(reply.status.as_u16());
+            if reply.status.is_success() {
+                accounts.push(reply.json());
+            } else {
+                refusals.push(reply.text);
+            }
+        }
+        assert!(refusals.is_empty(), "{statuses:?}: {refusals:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+        assert!(accounts.iter().all(|a| *a == accounts[0]));
+    }
 }
