@@ -7,8 +7,10 @@ use uuid::Uuid;
 /// One row of the outbox: published later by the relay, at least once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxMessage {
-    /// Unique per event; consumers de-duplicate on it. Equals the id of the account or
-    /// transfer the event announces, since each of those produces exactly one event.
+    /// Unique per event; consumers de-duplicate on it. A transfer event's id is the
+    /// transfer's id, since each transfer produces exactly one event; an account event
+    /// gets an id of its own, since clients choose account and transfer ids alike and an
+    /// account may carry a transfer's id.
     pub event_id: Uuid,
     /// `account.opened`, `transfer.created`, `transfer.posted`, `transfer.voided`.
     pub kind: &'static str,
@@ -23,7 +25,7 @@ impl OutboxMessage {
     pub fn from_event(event: &LedgerEvent) -> Self {
         let (event_id, payload, created_at_ms) = match event {
             LedgerEvent::AccountOpened(account) => {
-                (account.id.0, account_json(account), account.created_at_ms)
+                (Uuid::now_v7(), account_json(account), account.created_at_ms)
             }
             LedgerEvent::TransferCreated(t) | LedgerEvent::TransferPosted(t) => {
                 (t.id.0, transfer_json(t, false), t.created_at_ms)

@@ -253,18 +253,28 @@ SELECT a.id, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_pos
  ORDER BY a.id
  LIMIT 1000";
 
-/// Sums per ledger as text: a PostgreSQL NUMERIC sum can exceed 64 bits.
+/// Sums per ledger, which can exceed 64 bits. SQLite's SUM fails on overflow, so each
+/// balance is summed in two halves split at 2^32 (each half-sum fits 64 bits below 2^31
+/// accounts) and joined in `parse_sum`; as text, since PostgreSQL sums into NUMERIC.
 const VERIFY_LEDGERS_SQL: &str = "
 SELECT ledger,
-       CAST(SUM(debits_pending) AS TEXT) AS debits_pending,
-       CAST(SUM(debits_posted) AS TEXT) AS debits_posted,
-       CAST(SUM(credits_pending) AS TEXT) AS credits_pending,
-       CAST(SUM(credits_posted) AS TEXT) AS credits_posted
+       CAST(SUM(debits_pending / 4294967296) AS TEXT) AS debits_pending_hi,
+       CAST(SUM(debits_pending % 4294967296) AS TEXT) AS debits_pending_lo,
+       CAST(SUM(debits_posted / 4294967296) AS TEXT) AS debits_posted_hi,
+       CAST(SUM(debits_posted % 4294967296) AS TEXT) AS debits_posted_lo,
+       CAST(SUM(credits_pending / 4294967296) AS TEXT) AS credits_pending_hi,
+       CAST(SUM(credits_pending % 4294967296) AS TEXT) AS credits_pending_lo,
+       CAST(SUM(credits_posted / 4294967296) AS TEXT) AS credits_posted_hi,
+       CAST(SUM(credits_posted % 4294967296) AS TEXT) AS credits_posted_lo
   FROM accounts GROUP BY ledger ORDER BY ledger";
 
 fn parse_sum(row: &sqlx::any::AnyRow, column: &str) -> Result<i128, StoreError> {
-    let text: String = row.try_get(column).map_err(map_err)?;
-    text.parse().map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+    let half = |suffix: &str| -> Result<i128, StoreError> {
+        let name = format!("{column}_{suffix}");
+        let text: String = row.try_get(name.as_str()).map_err(map_err)?;
+        text.parse().map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+    };
+    Ok(half("hi")? * (1 << 32) + half("lo")?)
 }
 
 #[async_trait]
