@@ -21,6 +21,8 @@ use super::{Backend, SqlStore, map_err, placeholders};
 const MAX_IN_LIST: usize = 512;
 /// Rows per multi-row `INSERT`.
 const INSERT_CHUNK_ROWS: usize = 32;
+/// Accounts per multi-row balance `UPDATE` (a batch of N transfers changes up to 2N).
+const UPDATE_CHUNK_ROWS: usize = 64;
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
@@ -82,6 +84,49 @@ impl SqlTx {
                 query = bind_transfer(query, t);
             }
             query.execute(&mut *self.tx).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the balances of many accounts in one statement per chunk: one round trip
+    /// instead of one per account, which bounded a batch's commit time on PostgreSQL.
+    async fn update_balances(&mut self, accounts: &[&Account]) -> Result<(), StoreError> {
+        const WIDTH: usize = 5;
+        for chunk in accounts.chunks(UPDATE_CHUNK_ROWS) {
+            // Padded to a power of two, like `IN` lists, so the statement cache sees a
+            // handful of shapes; a padding row repeats the last account with the same
+            // balances, so the row it matches ends up the same either way.
+            let rows = chunk.len().next_power_of_two();
+            let values: Vec<String> =
+                (0..rows).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
+            let sql = format!(
+                "WITH v (id, debits_pending, debits_posted, credits_pending, credits_posted) \
+                 AS (VALUES {}) \
+                 UPDATE accounts SET debits_pending = v.debits_pending, \
+                 debits_posted = v.debits_posted, credits_pending = v.credits_pending, \
+                 credits_posted = v.credits_posted FROM v WHERE accounts.id = v.id",
+                values.join(", ")
+            );
+            let Some(&last) = chunk.last() else { continue };
+            let padding = std::iter::repeat_n(last, rows - chunk.len());
+            let mut query = sqlx::query(&sql);
+            for a in chunk.iter().copied().chain(padding) {
+                query = query
+                    .bind(a.id.to_string())
+                    .bind(a.balances.debits_pending)
+                    .bind(a.balances.debits_posted)
+                    .bind(a.balances.credits_pending)
+                    .bind(a.balances.credits_posted);
+            }
+            let updated = query.execute(&mut *self.tx).await.map_err(map_err)?.rows_affected();
+            // Every account was read under lock in this transaction; a row not updated would
+            // commit a transfer without its balance change, so the batch rolls back instead.
+            if updated != chunk.len() as u64 {
+                return Err(StoreError::Corrupt(format!(
+                    "balance update touched {updated} of {} locked accounts",
+                    chunk.len()
+                )));
+            }
         }
         Ok(())
     }
@@ -167,20 +212,8 @@ impl LedgerTx for SqlTx {
     }
 
     async fn save_book(&mut self, book: &Book) -> Result<(), StoreError> {
-        for a in book.changed_accounts() {
-            sqlx::query(
-                "UPDATE accounts SET debits_pending = $1, debits_posted = $2, \
-                 credits_pending = $3, credits_posted = $4 WHERE id = $5",
-            )
-            .bind(a.balances.debits_pending)
-            .bind(a.balances.debits_posted)
-            .bind(a.balances.credits_pending)
-            .bind(a.balances.credits_posted)
-            .bind(a.id.to_string())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(map_err)?;
-        }
+        let changed: Vec<&Account> = book.changed_accounts().collect();
+        self.update_balances(&changed).await?;
         let created: Vec<&Transfer> = book.created_transfers().collect();
         self.insert_transfers(&created).await?;
         for pending in book.resolved_pending() {
