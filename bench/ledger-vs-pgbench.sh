@@ -334,7 +334,6 @@ ratio_uniform = ratio(pg["bench"]["transfers_per_s"], pgb["tps"])
 ratio_hot = ratio(pg_hot["bench"]["transfers_per_s"], pgb_hot["tps"])
 pg_peak_rss_mb = mb(pg_hot["peak_rss_kb"])
 lite_peak_rss_mb = mb(lite_hot["peak_rss_kb"])
-p99_worst = max(r["bench"]["p99_ms"] for r in (pg, pg_hot, lite, lite_hot))
 def met(ok):
     return "**met**" if ok else "**not met**"
 
@@ -404,8 +403,9 @@ VmHWM from /proc/PID/status, the peak over the uniform and the hot run (same ser
 | target | measured | |
 |---|---|---|
 | ferrobank over HTTP >= 1.5x the raw one-transfer-per-transaction SQL rate | {ratio_uniform:.2f}x uniform, {ratio_hot:.2f}x hot | {met(ratio_uniform >= 1.5)} (uniform), {met(ratio_hot >= 1.5)} (hot) |
-| p99 < 50 ms | {pg['bench']['p99_ms']:.1f} / {pg_hot['bench']['p99_ms']:.1f} ms PostgreSQL, {lite['bench']['p99_ms']:.1f} / {lite_hot['bench']['p99_ms']:.1f} ms SQLite (uniform / hot) | {met(p99_worst < 50)} |
-| server RSS < 150 MB | {pg_peak_rss_mb:.1f} MB PostgreSQL, {lite_peak_rss_mb:.1f} MB SQLite | {met(max(pg_peak_rss_mb, lite_peak_rss_mb) < 150)} |
+| p99 < 50 ms, PostgreSQL | {pg['bench']['p99_ms']:.1f} ms uniform, {pg_hot['bench']['p99_ms']:.1f} ms hot | {met(max(pg['bench']['p99_ms'], pg_hot['bench']['p99_ms']) < 50)} |
+| p99 < 50 ms, SQLite | {lite['bench']['p99_ms']:.1f} ms uniform, {lite_hot['bench']['p99_ms']:.1f} ms hot | {met(max(lite['bench']['p99_ms'], lite_hot['bench']['p99_ms']) < 50)} |
+| server RSS < 150 MB | {pg_peak_rss_mb:.1f} MB PostgreSQL, {lite_peak_rss_mb:.1f} MB SQLite (peak of each server process) | {met(max(pg_peak_rss_mb, lite_peak_rss_mb) < 150)} |
 
 ## Conditions
 
