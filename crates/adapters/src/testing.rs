@@ -56,7 +56,8 @@ impl TestDatabase {
 
     /// A fresh PostgreSQL database named `fbt_<random>`.
     pub async fn postgres() -> Self {
-        let admin_url = std::env::var("FERROBANK_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
+        let admin_url =
+            std::env::var("FERROBANK_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
         let name = format!("fbt_{}", Uuid::new_v4().simple());
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(conn) => conn,
@@ -65,7 +66,9 @@ impl TestDatabase {
                  which starts it, or set FERROBANK_TEST_PG_URL"
             ),
         };
-        if let Err(error) = sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await {
+        if let Err(error) =
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await
+        {
             panic!("CREATE DATABASE {name}: {error}");
         }
         let _ = admin.close().await;
@@ -100,7 +103,8 @@ impl Drop for TestDatabase {
                 let (admin_url, name) = (admin_url.clone(), name.clone());
                 // Drop may run inside a runtime; a thread with its own runtime can block.
                 let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let runtime =
+                        tokio::runtime::Builder::new_current_thread().enable_all().build();
                     if let Ok(runtime) = runtime {
                         runtime.block_on(async move {
                             if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {

@@ -42,8 +42,13 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<KeyClaim, StoreError>;
 
     /// Stores the response of a claimed key.
-    async fn finish(&self, scope: &str, key: &str, status: u16, body: &str)
-    -> Result<(), StoreError>;
+    async fn finish(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
 
     /// Forgets a claimed key whose request failed for a reason worth retrying (5xx).
     async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError>;

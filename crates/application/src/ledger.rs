@@ -218,9 +218,8 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        let mut expiry = tokio::time::interval(Duration::from_millis(
-            self.limits.expiry_interval_ms.max(10),
-        ));
+        let mut expiry =
+            tokio::time::interval(Duration::from_millis(self.limits.expiry_interval_ms.max(10)));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -283,7 +282,10 @@ impl Writer {
         }
     }
 
-    async fn commit_batch(&self, batch: &[&[NewTransfer]]) -> Result<Vec<TransferResults>, StoreError> {
+    async fn commit_batch(
+        &self,
+        batch: &[&[NewTransfer]],
+    ) -> Result<Vec<TransferResults>, StoreError> {
         let now_ms = self.clock.now_ms();
         let mut tx = self.store.begin().await?;
         let transfer_ids: BTreeSet<TransferId> = batch
@@ -315,7 +317,8 @@ impl Writer {
             return Ok(results);
         }
         tx.save_book(&book).await?;
-        let messages: Vec<OutboxMessage> = book.events().iter().map(OutboxMessage::from_event).collect();
+        let messages: Vec<OutboxMessage> =
+            book.events().iter().map(OutboxMessage::from_event).collect();
         tx.append_outbox(&messages).await?;
         tx.commit().await?;
         Ok(results)

@@ -16,7 +16,9 @@ pub enum StoreError {
     #[error("conflict with a concurrent writer: {0}")]
     Conflict(String),
     /// The schema is newer than this binary knows, or older and not migrated.
-    #[error("schema version {found} is not the expected {expected}; run `ferrobank migrate` or upgrade")]
+    #[error(
+        "schema version {found} is not the expected {expected}; run `ferrobank migrate` or upgrade"
+    )]
     SchemaMismatch {
         /// Version found in the database.
         found: i64,

@@ -528,10 +528,8 @@ impl Book {
         let mut results = Vec::with_capacity(requests.len());
         let mut start = 0;
         while start < requests.len() {
-            let end = requests[start..]
-                .iter()
-                .position(|r| !r.linked)
-                .map(|offset| start + offset + 1);
+            let end =
+                requests[start..].iter().position(|r| !r.linked).map(|offset| start + offset + 1);
             match end {
                 None => {
                     results.extend(
@@ -600,7 +598,12 @@ impl Book {
     /// Voids an expired pending transfer with a void transfer of id `void_id`.
     ///
     /// Returns `None` when the transfer is not (or no longer) a pending hold.
-    pub fn expire(&mut self, pending_id: TransferId, void_id: TransferId, now_ms: i64) -> Option<Transfer> {
+    pub fn expire(
+        &mut self,
+        pending_id: TransferId,
+        void_id: TransferId,
+        now_ms: i64,
+    ) -> Option<Transfer> {
         let pending = self.transfers.get(&pending_id)?;
         if pending.pending_status != Some(PendingStatus::Pending) {
             return None;
@@ -719,7 +722,12 @@ impl Book {
     }
 
     /// Checks limits and overflow on the new balances, then records the transfer.
-    fn commit(&mut self, plan: Plan, req: &NewTransfer, now_ms: i64) -> Result<Transfer, TransferError> {
+    fn commit(
+        &mut self,
+        plan: Plan,
+        req: &NewTransfer,
+        now_ms: i64,
+    ) -> Result<Transfer, TransferError> {
         let (debit_after, credit_after) = self.balances_after(&plan)?;
         if let Some(debit) = self.accounts.get_mut(&plan.debit) {
             debit.balances = debit_after;

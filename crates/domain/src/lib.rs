@@ -8,7 +8,7 @@ pub mod money;
 
 pub use ledger::{
     Account, AccountFlags, AccountId, Balances, Book, LedgerEvent, LedgerTotals, NewAccount,
-    NewTransfer, totals_by_ledger,
-    PendingStatus, Transfer, TransferError, TransferId, TransferKind, TransferOutcome,
+    NewTransfer, PendingStatus, Transfer, TransferError, TransferId, TransferKind, TransferOutcome,
+    totals_by_ledger,
 };
 pub use money::{Amount, AmountError, Currency, CurrencyError};

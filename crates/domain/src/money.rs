@@ -34,9 +34,7 @@ impl Currency {
 
     /// Looks a currency up by its ledger number (the ISO 4217 numeric code).
     pub fn from_ledger(ledger: u16) -> Option<Self> {
-        iso_currency::Currency::from_numeric(ledger)
-            .filter(|c| c.exponent().is_some())
-            .map(Self)
+        iso_currency::Currency::from_numeric(ledger).filter(|c| c.exponent().is_some()).map(Self)
     }
 
     /// The three-letter code, e.g. `EUR`.
@@ -102,11 +100,7 @@ impl Amount {
 
     /// Accepts 1..=i64::MAX minor units.
     pub fn new(minor_units: i64) -> Result<Self, AmountError> {
-        if minor_units > 0 {
-            Ok(Self(minor_units))
-        } else {
-            Err(AmountError::NotPositive)
-        }
+        if minor_units > 0 { Ok(Self(minor_units)) } else { Err(AmountError::NotPositive) }
     }
 
     /// The amount in minor units.

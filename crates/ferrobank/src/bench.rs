@@ -107,7 +107,10 @@ impl LedgerBench {
                 hot => format!("{} accounts, debits on {hot} hot accounts", self.accounts),
             };
             println!("ledger bench: {clients} clients, {elapsed:.1} s, {variant}");
-            println!("transfers: {} ok, {} busy (503), {} failed", total.ok, total.busy, total.failed);
+            println!(
+                "transfers: {} ok, {} busy (503), {} failed",
+                total.ok, total.busy, total.failed
+            );
             println!("throughput: {rate:.0} transfers/s");
             println!(
                 "latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

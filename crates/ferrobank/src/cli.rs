@@ -92,7 +92,11 @@ struct Location {
 
 impl Location {
     fn overrides(&self, listen: Option<SocketAddr>) -> Overrides {
-        Overrides { listen, data_dir: self.data_dir.clone(), database_url: self.database_url.clone() }
+        Overrides {
+            listen,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+        }
     }
 }
 
@@ -110,7 +114,9 @@ impl Cli {
             }
             Command::Serve { roles, location, listen, migrate } => {
                 if let Some(unknown) = roles.iter().find(|r| r.as_str() != "accounts") {
-                    return Err(format!("unknown or not yet implemented role `{unknown}`; available: accounts"));
+                    return Err(format!(
+                        "unknown or not yet implemented role `{unknown}`; available: accounts"
+                    ));
                 }
                 let config = Config::load(config_file, &location.overrides(listen))?;
                 init_logging(&config);
@@ -168,17 +174,24 @@ pub async fn open_store(config: &Config, migrate: bool) -> Result<SqlStore, Stri
 }
 
 async fn verify(store: &SqlStore) -> Result<ExitCode, String> {
-    let report = ferrobank_application::LedgerStore::verify(store).await.map_err(|e| e.to_string())?;
+    let report =
+        ferrobank_application::LedgerStore::verify(store).await.map_err(|e| e.to_string())?;
     for (ledger, totals) in &report.ledgers {
         let currency = ferrobank_domain::Currency::from_ledger(*ledger)
             .map(|c| c.code().to_owned())
             .unwrap_or_else(|| ledger.to_string());
         println!(
             "ledger {ledger} ({currency}): posted debits {} credits {}, pending debits {} credits {}",
-            totals.debits_posted, totals.credits_posted, totals.debits_pending, totals.credits_pending
+            totals.debits_posted,
+            totals.credits_posted,
+            totals.debits_pending,
+            totals.credits_pending
         );
     }
-    println!("checked {} accounts and {} transfers", report.accounts_checked, report.transfers_checked);
+    println!(
+        "checked {} accounts and {} transfers",
+        report.accounts_checked, report.transfers_checked
+    );
     if report.mismatches.is_empty() {
         println!("OK: every ledger balances and every account equals the sum of its transfers");
         return Ok(ExitCode::SUCCESS);
@@ -187,10 +200,15 @@ async fn verify(store: &SqlStore) -> Result<ExitCode, String> {
         match mismatch {
             VerifyMismatch::LedgerUnbalanced { ledger, totals } => println!(
                 "MISMATCH ledger {ledger}: posted debits {} != credits {} or pending debits {} != credits {}",
-                totals.debits_posted, totals.credits_posted, totals.debits_pending, totals.credits_pending
+                totals.debits_posted,
+                totals.credits_posted,
+                totals.debits_pending,
+                totals.credits_pending
             ),
             VerifyMismatch::AccountBalances { account, stored, from_transfers } => {
-                println!("MISMATCH account {account}: stored {stored:?} but transfers sum to {from_transfers:?}")
+                println!(
+                    "MISMATCH account {account}: stored {stored:?} but transfers sum to {from_transfers:?}"
+                )
             }
         }
     }

@@ -250,14 +250,18 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://bank:s3cret@db:5432/ledger"), "postgres://bank:***@db:5432/ledger");
+        assert_eq!(
+            redact_url("postgres://bank:s3cret@db:5432/ledger"),
+            "postgres://bank:***@db:5432/ledger"
+        );
         assert_eq!(redact_url("postgres://db/ledger"), "postgres://db/ledger");
         assert_eq!(redact_url("sqlite://data/ferrobank.db"), "sqlite://data/ferrobank.db");
     }
 
     #[test]
     fn printed_config_never_contains_the_password() {
-        let config = Config { database_url: Some("postgres://u:hunter2@h/d".into()), ..Config::default() };
+        let config =
+            Config { database_url: Some("postgres://u:hunter2@h/d".into()), ..Config::default() };
         let text = config.redacted_toml();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("u:***@h/d"), "{text}");

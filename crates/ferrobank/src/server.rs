@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobank_adapters::SqlStore;
-use ferrobank_application::{
-    Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock,
-};
+use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -76,7 +76,13 @@ impl IdempotencyStore for SqlStore {
         Ok(if taken.rows_affected() == 1 { KeyClaim::Claimed } else { KeyClaim::InFlight })
     }
 
-    async fn finish(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE idempotency_keys SET status = $1, response_body = $2 WHERE scope = $3 AND key = $4",
         )
@@ -91,12 +97,14 @@ impl IdempotencyStore for SqlStore {
     }
 
     async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL")
-            .bind(scope)
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 

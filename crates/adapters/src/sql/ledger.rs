@@ -5,9 +5,7 @@ use ferrobank_application::outbox::OutboxMessage;
 use ferrobank_application::{
     HistoryEntry, HistoryPage, LedgerStore, LedgerTx, StoreError, VerifyMismatch, VerifyReport,
 };
-use ferrobank_domain::{
-    Account, AccountId, Balances, Book, LedgerTotals, Transfer, TransferId,
-};
+use ferrobank_domain::{Account, AccountId, Balances, Book, LedgerTotals, Transfer, TransferId};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, Row};
@@ -71,9 +69,8 @@ impl SqlTx {
     async fn insert_transfers(&mut self, transfers: &[&Transfer]) -> Result<(), StoreError> {
         let width = TRANSFER_INSERT_COLUMNS.len();
         for chunk in transfers.chunks(INSERT_CHUNK_ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * width, width)))
-                .collect();
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("({})", placeholders(i * width, width))).collect();
             let sql = format!(
                 "INSERT INTO transfers ({}) VALUES {}",
                 TRANSFER_INSERT_COLUMNS.join(", "),
@@ -230,9 +227,8 @@ impl LedgerTx for SqlTx {
     async fn append_outbox(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
         const WIDTH: usize = 4;
         for chunk in messages.chunks(INSERT_CHUNK_ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(i * WIDTH, WIDTH)))
-                .collect();
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
             let sql = format!(
                 "INSERT INTO outbox (event_id, kind, payload, created_at_ms) VALUES {}",
                 values.join(", ")

@@ -151,19 +151,24 @@ impl SqlStore {
             tx.execute(create).await.map_err(map_err)?;
             let current = current_version(&mut tx).await?;
             if current > SCHEMA_VERSION {
-                return Err(StoreError::SchemaMismatch { found: current, expected: SCHEMA_VERSION });
+                return Err(StoreError::SchemaMismatch {
+                    found: current,
+                    expected: SCHEMA_VERSION,
+                });
             }
             if migration.version <= current {
                 continue;
             }
             sqlx::raw_sql(migration.sql).execute(&mut *tx).await.map_err(map_err)?;
-            sqlx::query("INSERT INTO ferrobank_schema (version, name, applied_at_ms) VALUES ($1, $2, $3)")
-                .bind(migration.version)
-                .bind(migration.name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+            sqlx::query(
+                "INSERT INTO ferrobank_schema (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
             tx.commit().await.map_err(map_err)?;
             tracing::info!(version = migration.version, name = migration.name, "applied migration");
             applied.push(migration.version);
@@ -232,7 +237,10 @@ fn map_err(error: sqlx::Error) -> StoreError {
     }
     if matches!(
         error,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
     ) {
         metrics::counter!("banking_database_connection_errors_total").increment(1);
     }

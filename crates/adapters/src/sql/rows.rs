@@ -19,10 +19,28 @@ pub(super) const TRANSFER_COLUMNS: &str = "seq, id, debit_account_id, credit_acc
 
 /// Columns written by an insert: TRANSFER_COLUMNS without the generated `seq`, plus ledger.
 pub(super) const TRANSFER_INSERT_COLUMNS: &[&str] = &[
-    "id", "debit_account_id", "credit_account_id", "amount", "ledger", "currency", "code", "kind",
-    "pending_id", "timeout_s", "linked", "requested_amount", "created_at_ms", "expires_at_ms",
-    "pending_status", "dr_debits_pending", "dr_debits_posted", "dr_credits_pending",
-    "dr_credits_posted", "cr_debits_pending", "cr_debits_posted", "cr_credits_pending",
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "ledger",
+    "currency",
+    "code",
+    "kind",
+    "pending_id",
+    "timeout_s",
+    "linked",
+    "requested_amount",
+    "created_at_ms",
+    "expires_at_ms",
+    "pending_status",
+    "dr_debits_pending",
+    "dr_debits_posted",
+    "dr_credits_pending",
+    "dr_credits_posted",
+    "cr_debits_pending",
+    "cr_debits_posted",
+    "cr_credits_pending",
     "cr_credits_posted",
 ];
 

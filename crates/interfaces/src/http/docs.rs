@@ -47,7 +47,8 @@ pub async fn docs_page() -> Html<String> {
         ];
         for (method, operation) in operations {
             if let Some(op) = operation {
-                let summary = op.summary.clone().or_else(|| op.description.clone()).unwrap_or_default();
+                let summary =
+                    op.summary.clone().or_else(|| op.description.clone()).unwrap_or_default();
                 rows.push_str(&format!(
                     "<tr><td><code>{method}</code></td><td><code>{}</code></td><td>{}</td></tr>\n",
                     escape(path),

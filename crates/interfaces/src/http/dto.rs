@@ -216,7 +216,9 @@ impl TransferRequest {
         let pending_id = self.pending_id.map(TransferId);
         let kind = match (f.pending, f.post_pending, f.void_pending, pending_id) {
             (false, false, false, None) => TransferKind::Posted,
-            (true, _, _, None) => TransferKind::Pending { timeout_s: self.timeout_seconds.unwrap_or(0) },
+            (true, _, _, None) => {
+                TransferKind::Pending { timeout_s: self.timeout_seconds.unwrap_or(0) }
+            }
             (_, true, _, Some(pending_id)) => TransferKind::PostPending { pending_id },
             (_, _, true, Some(pending_id)) => TransferKind::VoidPending { pending_id },
             (_, true, _, None) | (_, _, true, None) => {
@@ -227,7 +229,8 @@ impl TransferRequest {
         if self.timeout_seconds.is_some() && !f.pending {
             return Err("timeout_seconds is only allowed with the pending flag".into());
         }
-        let currency = self.currency.as_deref().map(Currency::parse).transpose().map_err(|e| e.to_string())?;
+        let currency =
+            self.currency.as_deref().map(Currency::parse).transpose().map_err(|e| e.to_string())?;
         Ok(NewTransfer {
             id: TransferId(self.id),
             debit_account_id: self.debit_account_id.map(AccountId),

@@ -38,7 +38,9 @@ fn json_problem(rejection: JsonRejection) -> Problem {
         )
         .detail("send the body as Content-Type: application/json"),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => body_too_large(),
-        other => Problem::new(other.status(), "bad_request", "Bad request").detail(other.body_text()),
+        other => {
+            Problem::new(other.status(), "bad_request", "Bad request").detail(other.body_text())
+        }
     }
 }
 
@@ -68,10 +70,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|axum::extract::Path(v)| Self(v))
             .map_err(|rejection: PathRejection| {
-                Problem::not_found("the resource").detail(format!(
-                    "no such resource: {}",
-                    source_text(&rejection)
-                ))
+                Problem::not_found("the resource")
+                    .detail(format!("no such resource: {}", source_text(&rejection)))
             })
     }
 }

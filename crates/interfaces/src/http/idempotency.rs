@@ -40,13 +40,21 @@ pub async fn idempotency(
         return next.run(request).await;
     };
     let key = match key.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()) => {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
             k.to_owned()
         }
         _ => {
-            return Problem::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Invalid Idempotency-Key")
-                .detail(format!("use 1 to {MAX_KEY_LEN} visible ASCII characters, e.g. a UUID"))
-                .into_response();
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                "Invalid Idempotency-Key",
+            )
+            .detail(format!("use 1 to {MAX_KEY_LEN} visible ASCII characters, e.g. a UUID"))
+            .into_response();
         }
     };
     let (parts, body) = request.into_parts();
@@ -72,14 +80,12 @@ pub async fn idempotency(
         )
         .detail("this key was used for a different request")
         .into_response(),
-        Ok(KeyClaim::InFlight) => Problem::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_in_flight",
-            "Request in progress",
-        )
-        .detail("a request with this key is still being processed; retry later")
-        .retry_after(1)
-        .into_response(),
+        Ok(KeyClaim::InFlight) => {
+            Problem::new(StatusCode::CONFLICT, "idempotency_key_in_flight", "Request in progress")
+                .detail("a request with this key is still being processed; retry later")
+                .retry_after(1)
+                .into_response()
+        }
         Ok(KeyClaim::Replay { status, body }) => replay(status, body),
         Ok(KeyClaim::Claimed) => {
             let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;

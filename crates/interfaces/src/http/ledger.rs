@@ -75,7 +75,11 @@ pub async fn get_account(
     _caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let account = state.ledger.account(AccountId(id)).await?.ok_or_else(|| Problem::not_found("the account"))?;
+    let account = state
+        .ledger
+        .account(AccountId(id))
+        .await?
+        .ok_or_else(|| Problem::not_found("the account"))?;
     Ok(Json(AccountDto::from(account)).into_response())
 }
 
@@ -91,7 +95,11 @@ pub async fn get_balances(
     _caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let account = state.ledger.account(AccountId(id)).await?.ok_or_else(|| Problem::not_found("the account"))?;
+    let account = state
+        .ledger
+        .account(AccountId(id))
+        .await?
+        .ok_or_else(|| Problem::not_found("the account"))?;
     Ok(Json(BalancesDto::from(account.balances)).into_response())
 }
 
@@ -115,7 +123,12 @@ pub async fn get_history(
     }
     let before = query
         .cursor
-        .map(|c| c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| invalid_query("cursor is not one this API issued")))
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| invalid_query("cursor is not one this API issued"))
+        })
         .transpose()?;
     let account = AccountId(id);
     state.ledger.account(account).await?.ok_or_else(|| Problem::not_found("the account"))?;
@@ -124,7 +137,10 @@ pub async fn get_history(
         entries: page
             .entries
             .iter()
-            .map(|e| HistoryEntryDto { transfer: (&e.transfer).into(), balances_after: e.balances_after.into() })
+            .map(|e| HistoryEntryDto {
+                transfer: (&e.transfer).into(),
+                balances_after: e.balances_after.into(),
+            })
             .collect(),
         next_cursor: page.next_before.map(|seq| seq.to_string()),
     })
@@ -161,9 +177,15 @@ pub async fn create_transfer(
 async fn single_transfer(state: &AppState, request: NewTransfer, resolving: bool) -> ApiResult {
     let mut results = state.ledger.create_transfers(vec![request]).await?;
     match results.pop() {
-        Some(Ok(TransferOutcome::Created(t))) => Ok((StatusCode::CREATED, Json(TransferDto::from(&t))).into_response()),
-        Some(Ok(TransferOutcome::Exists(t))) => Ok((StatusCode::OK, Json(TransferDto::from(&t))).into_response()),
-        Some(Err(TransferError::PendingTransferNotFound)) if resolving => Err(Problem::not_found("the pending transfer")),
+        Some(Ok(TransferOutcome::Created(t))) => {
+            Ok((StatusCode::CREATED, Json(TransferDto::from(&t))).into_response())
+        }
+        Some(Ok(TransferOutcome::Exists(t))) => {
+            Ok((StatusCode::OK, Json(TransferDto::from(&t))).into_response())
+        }
+        Some(Err(TransferError::PendingTransferNotFound)) if resolving => {
+            Err(Problem::not_found("the pending transfer"))
+        }
         Some(Err(error)) => Err(error.into()),
         None => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")),
     }
@@ -186,8 +208,12 @@ pub async fn create_transfers(
 ) -> ApiResult {
     let max = state.ledger.limits().max_request_transfers;
     if body.transfers.is_empty() || body.transfers.len() > max {
-        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_transfers", "Batch size out of range")
-            .detail(format!("a batch carries 1 to {max} transfers")));
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_transfers",
+            "Batch size out of range",
+        )
+        .detail(format!("a batch carries 1 to {max} transfers")));
     }
     let requests = body
         .transfers
@@ -200,12 +226,18 @@ pub async fn create_transfers(
         .into_iter()
         .enumerate()
         .map(|(index, result)| match result {
-            Ok(TransferOutcome::Created(t)) => {
-                TransferResultDto { index, status: "created", transfer: Some((&t).into()), error: None }
-            }
-            Ok(TransferOutcome::Exists(t)) => {
-                TransferResultDto { index, status: "exists", transfer: Some((&t).into()), error: None }
-            }
+            Ok(TransferOutcome::Created(t)) => TransferResultDto {
+                index,
+                status: "created",
+                transfer: Some((&t).into()),
+                error: None,
+            },
+            Ok(TransferOutcome::Exists(t)) => TransferResultDto {
+                index,
+                status: "exists",
+                transfer: Some((&t).into()),
+                error: None,
+            },
             Err(error) => TransferResultDto::failed(index, error),
         })
         .collect();
@@ -224,7 +256,11 @@ pub async fn get_transfer(
     _caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let transfer = state.ledger.transfer(TransferId(id)).await?.ok_or_else(|| Problem::not_found("the transfer"))?;
+    let transfer = state
+        .ledger
+        .transfer(TransferId(id))
+        .await?
+        .ok_or_else(|| Problem::not_found("the transfer"))?;
     Ok(Json(TransferDto::from(&transfer)).into_response())
 }
 

@@ -24,11 +24,14 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let seconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+            let seconds =
+                [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
             let sizes = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_transfers".into()), &sizes));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_transfers".into()), &sizes)
+                });
             let recorder = match builder {
                 Ok(builder) => builder.build_recorder(),
                 Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -59,7 +62,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         Err(error) => {
             tracing::warn!(%error, "not ready");
             metrics::counter!("banking_database_connection_errors_total").increment(1);
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "database": "unavailable" })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "database": "unavailable" })),
+            )
                 .into_response()
         }
     }
@@ -105,9 +111,11 @@ pub async fn access_log_and_metrics(request: Request, next: Next) -> Response {
     let response = next.run(request).instrument(span).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method.to_string()), ("route", route.clone()), ("status", status.clone())];
+    let labels =
+        [("method", method.to_string()), ("route", route.clone()), ("status", status.clone())];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id,
@@ -122,7 +130,11 @@ pub async fn access_log_and_metrics(request: Request, next: Next) -> Response {
 
 /// Answers 503 problem+json when a request runs past `request_timeout_ms`. A transfer
 /// that was already queued may still commit; retrying with the same id is safe.
-pub async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn request_timeout(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,

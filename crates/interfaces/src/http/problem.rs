@@ -74,12 +74,14 @@ impl Problem {
 
     /// 404 for a resource named in the URL.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found").detail(format!("{what} does not exist"))
+        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found")
+            .detail(format!("{what} does not exist"))
     }
 
     /// 422 for a body that parsed as JSON but is not a valid request.
     pub fn invalid_body(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid request body").detail(detail)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "Invalid request body")
+            .detail(detail)
     }
 }
 
@@ -121,17 +123,21 @@ impl From<TransferError> for Problem {
 impl From<LedgerError> for Problem {
     fn from(error: LedgerError) -> Self {
         match error {
-            LedgerError::Busy => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Ledger busy")
-                .detail("the transfer queue is full; retry with the same ids")
-                .retry_after(1),
+            LedgerError::Busy => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Ledger busy")
+                    .detail("the transfer queue is full; retry with the same ids")
+                    .retry_after(1)
+            }
             LedgerError::ShuttingDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "Shutting down")
                     .retry_after(1)
             }
-            LedgerError::TooManyTransfers { .. } => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_transfers", "Too many transfers")
-                    .detail(error.to_string())
-            }
+            LedgerError::TooManyTransfers { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_transfers",
+                "Too many transfers",
+            )
+            .detail(error.to_string()),
             LedgerError::AccountExistsWithDifferentFields => Problem::new(
                 StatusCode::CONFLICT,
                 "account_exists_with_different_fields",
@@ -148,9 +154,13 @@ impl From<StoreError> for Problem {
         match error {
             StoreError::Conflict(_) | StoreError::Unavailable(_) => {
                 tracing::warn!(%error, "storage temporarily unavailable");
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Temporarily unavailable")
-                    .detail("the database did not answer; retry with the same ids")
-                    .retry_after(1)
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Temporarily unavailable",
+                )
+                .detail("the database did not answer; retry with the same ids")
+                .retry_after(1)
             }
             StoreError::SchemaMismatch { .. } | StoreError::Corrupt(_) => {
                 // Never leak internals; the log has the details.
