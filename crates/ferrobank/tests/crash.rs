@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Reply, Rng, client, poll_until, transfer_body};
+use common::{Reply, Rng, client, ferrobank, poll_until, transfer_body};
 use ferrobank_adapters::Backend;
 use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_application::LedgerStore;
@@ -42,19 +42,6 @@ on_both_backends!(kill_minus_nine_under_load_loses_and_doubles_nothing);
 struct Server {
     child: Child,
     address: String,
-}
-
-/// Runs the real binary with an empty environment of `FERROBANK_*` and a scratch directory
-/// as working directory, so no local `ferrobank.toml` or variable changes what is tested.
-fn ferrobank(args: &[&str], workdir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferrobank"));
-    command.args(args).current_dir(workdir).kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("FERROBANK_") {
-            command.env_remove(name);
-        }
-    }
-    command
 }
 
 async fn start_server(url: &str, workdir: &Path, log: &Path) -> Server {

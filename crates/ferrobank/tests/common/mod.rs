@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::future::Future;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferrobank::config::Config;
@@ -14,6 +15,7 @@ use ferrobank_adapters::{Backend, SqlStore};
 use ferrobank_application::{LedgerStore, VerifyReport};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::process::Command;
 use uuid::Uuid;
 
 /// Base of every problem `type` URI.
@@ -326,4 +328,17 @@ impl Rng {
         let index = usize::try_from(self.below(items.len() as u64)).unwrap();
         &items[index]
     }
+}
+
+/// Runs the real binary with an empty environment of `FERROBANK_*` and a scratch directory
+/// as working directory, so no local `ferrobank.toml` or variable changes what is tested.
+pub fn ferrobank(args: &[&str], workdir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferrobank"));
+    command.args(args).current_dir(workdir).kill_on_drop(true);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FERROBANK_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }

@@ -1,0 +1,183 @@
+//! The operator commands as a user runs them: configuration layering and redaction,
+//! refusal of an unknown schema, and `ledger verify` failing on a corrupted ledger.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::path::PathBuf;
+
+use common::ferrobank;
+use ferrobank_adapters::Backend;
+use ferrobank_adapters::testing::TestDatabase;
+use ferrobank_application::{LedgerLimits, LedgerService, SystemClock};
+use ferrobank_domain::{
+    AccountFlags, AccountId, Amount, Currency, NewAccount, NewTransfer, TransferId, TransferKind,
+};
+use sqlx::Executor;
+use uuid::Uuid;
+
+/// A scratch working directory, removed when dropped.
+struct Workdir(PathBuf);
+
+impl Workdir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("ferrobank-cli-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run(command: &mut tokio::process::Command) -> (i32, String, String) {
+    let output = command.output().await.unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn config_layers_defaults_file_env_and_flags_and_redacts_secrets() {
+    let dir = Workdir::new();
+    std::fs::write(
+        dir.0.join("ferrobank.toml"),
+        "listen = \"127.0.0.1:9000\"\n\
+         database_url = \"postgres://bank:hunter2@db.internal:5432/ledger\"\n\
+         [ledger]\nqueue_capacity = 11\nmax_batch_transfers = 22\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(ferrobank(&["config"], &dir.0)
+        .env("FERROBANK_LEDGER__MAX_BATCH_TRANSFERS", "33")
+        .env("FERROBANK_HTTP__MAX_BODY_BYTES", "4096"))
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    // The file beats the defaults, the environment beats the file.
+    assert!(stdout.contains("listen = \"127.0.0.1:9000\""), "{stdout}");
+    assert!(stdout.contains("queue_capacity = 11"), "{stdout}");
+    assert!(stdout.contains("max_batch_transfers = 33"), "{stdout}");
+    assert!(stdout.contains("max_body_bytes = 4096"), "{stdout}");
+    // Secrets never reach the terminal.
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("postgres://bank:***@db.internal:5432/ledger"), "{stdout}");
+
+    // A flag beats the environment.
+    let (code, stdout, _) = run(ferrobank(&["config", "--data-dir", "elsewhere"], &dir.0)
+        .env("FERROBANK_DATA_DIR", "from-env"))
+    .await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("data_dir = \"elsewhere\""), "{stdout}");
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_refused_with_a_message() {
+    let dir = Workdir::new();
+    let cases: [(&str, &str); 3] = [
+        ("FERROBANK_LEDGER__QUEUE_CAPACITY", "0"),
+        ("FERROBANK_DATABASE_URL", "mysql://nope"),
+        ("FERROBANK_LEDGER__NO_SUCH_KEY", "1"),
+    ];
+    for (name, value) in cases {
+        let (code, _, stderr) = run(ferrobank(&["config"], &dir.0).env(name, value)).await;
+        assert_ne!(code, 0, "{name}={value} was accepted");
+        assert!(stderr.starts_with("error:"), "{name}: {stderr}");
+    }
+    let (code, _, stderr) =
+        run(&mut ferrobank(&["config", "--config", "missing.toml"], &dir.0)).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+}
+
+on_both_backends!(serve_refuses_a_schema_it_does_not_know);
+
+async fn serve_refuses_a_schema_it_does_not_know(backend: Backend) {
+    let dir = Workdir::new();
+    let db = TestDatabase::new(backend).await;
+    // Not migrated: refused, with a hint.
+    let (code, _, stderr) = run(&mut ferrobank(
+        &["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url],
+        &dir.0,
+    ))
+    .await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("ferrobank migrate"), "{stderr}");
+    // Newer than this binary: refused by serve and by migrate.
+    let store = db.store().await;
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    pool.execute(
+        "INSERT INTO ferrobank_schema (version, name, applied_at_ms) VALUES (999, 'future', 0)",
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+    store.close().await;
+    for args in [
+        vec!["serve", "--listen", "127.0.0.1:0", "--database-url", &db.url],
+        vec!["migrate", "--database-url", &db.url],
+    ] {
+        let (code, _, stderr) = run(&mut ferrobank(&args, &dir.0)).await;
+        assert_ne!(code, 0, "{args:?} started on schema 999");
+        assert!(stderr.contains("999"), "{args:?}: {stderr}");
+    }
+}
+
+on_both_backends!(ledger_verify_exits_non_zero_with_details_on_a_mismatch);
+
+async fn ledger_verify_exits_non_zero_with_details_on_a_mismatch(backend: Backend) {
+    let dir = Workdir::new();
+    let db = TestDatabase::new(backend).await;
+    let store = std::sync::Arc::new(db.store().await);
+    let (ledger, writer) = LedgerService::start(
+        store.clone(),
+        std::sync::Arc::new(SystemClock),
+        LedgerLimits::default(),
+    );
+    let eur = Currency::parse("EUR").unwrap();
+    let (a, b) = (AccountId(Uuid::new_v4()), AccountId(Uuid::new_v4()));
+    for id in [a, b] {
+        let new = NewAccount {
+            id,
+            currency: eur,
+            code: 1,
+            owner: "o".into(),
+            flags: AccountFlags::default(),
+        };
+        ledger.open_account(new).await.unwrap();
+    }
+    let transfer = NewTransfer {
+        id: TransferId(Uuid::new_v4()),
+        debit_account_id: Some(a),
+        credit_account_id: Some(b),
+        amount: Some(Amount::new(700).unwrap()),
+        currency: Some(eur),
+        code: 1,
+        kind: TransferKind::Posted,
+        linked: false,
+    };
+    assert!(ledger.create_transfers(vec![transfer]).await.unwrap()[0].is_ok());
+    drop(ledger);
+    writer.await.unwrap();
+
+    let (code, stdout, stderr) =
+        run(&mut ferrobank(&["ledger", "verify", "--database-url", &db.url], &dir.0)).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    let sql =
+        format!("UPDATE accounts SET credits_posted = credits_posted + 5 WHERE id = '{}'", b.0);
+    pool.execute(sql.as_str()).await.unwrap();
+    pool.close().await;
+    let (code, stdout, _) =
+        run(&mut ferrobank(&["ledger", "verify", "--database-url", &db.url], &dir.0)).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains(&format!("MISMATCH account {}", b.0)), "{stdout}");
+    assert!(stdout.contains("MISMATCH ledger 978"), "{stdout}");
+    store.close().await;
+}
