@@ -20,7 +20,7 @@ use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_application::LedgerStore;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use uuid::Uuid;
 
 const ACCOUNTS: usize = 4;
