@@ -32,9 +32,11 @@ const MAX_PER_CLIENT: usize = 2_000;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-/// A request cut by the crash holds its Idempotency-Key for the server's lease (60 s);
-/// retries answer 409 until then.
-const RETRY_TIMEOUT: Duration = Duration::from_secs(150);
+/// The server's request timeout in this test; it bounds the Idempotency-Key lease.
+const REQUEST_TIMEOUT_MS: &str = "5000";
+/// A request cut by the crash holds its Idempotency-Key for the server's lease (request
+/// timeout + 5 s = 10 s); retries answer 409 until then.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(90);
 
 on_both_backends!(kill_minus_nine_under_load_loses_and_doubles_nothing);
 
@@ -48,6 +50,9 @@ async fn start_server(url: &str, workdir: &Path, log: &Path) -> Server {
     let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let args = ["serve", "--migrate", "--listen", "127.0.0.1:0", "--database-url", url];
     let mut child = ferrobank(&args, workdir)
+        // Keys cut by the kill are held for the request timeout plus 5 s; a short timeout
+        // keeps the retry phase short.
+        .env("FERROBANK_HTTP__REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)

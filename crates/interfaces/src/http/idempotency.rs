@@ -21,8 +21,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// Longest accepted key.
 const MAX_KEY_LEN: usize = 255;
-/// A claim not finished within this time is considered abandoned (its holder crashed).
-const LEASE_MS: i64 = 60_000;
+/// A claim is held for the request timeout plus this margin. No request outlives its
+/// timeout, so a claim older than that was abandoned (its server crashed) and may be
+/// taken over: retries after a crash wait at most this long, never forever.
+const LEASE_MARGIN_MS: i64 = 5_000;
 /// Largest response body stored for replay.
 const MAX_STORED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -70,7 +72,9 @@ pub async fn idempotency(
     let request_hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let scope = caller.idempotency_scope().to_owned();
     let now_ms = state.clock.now_ms();
-    let claim = state.idempotency.claim(&scope, &key, &request_hash, now_ms, LEASE_MS).await;
+    let timeout_ms = i64::try_from(state.limits.request_timeout_ms).unwrap_or(i64::MAX);
+    let lease_ms = timeout_ms.saturating_add(LEASE_MARGIN_MS);
+    let claim = state.idempotency.claim(&scope, &key, &request_hash, now_ms, lease_ms).await;
     match claim {
         Err(error) => Problem::from(error).into_response(),
         Ok(KeyClaim::Mismatch) => Problem::new(
