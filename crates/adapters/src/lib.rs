@@ -2,8 +2,10 @@
 //!
 //! `sql` implements the ledger and idempotency stores on SQLite (the embedded default)
 //! and PostgreSQL (production) with one code path over sqlx's `Any` driver; the
-//! conformance suite in `tests/` runs the same cases against both.
+//! conformance suite in `tests/` runs the same cases against both. `oidc` validates
+//! access tokens of one OpenID Connect issuer (discovery, a JWKS cache, RFC 8725 checks).
 
+pub mod oidc;
 pub mod sql;
 
 pub use sql::{Backend, SqlStore, StoreOptions};

@@ -3,9 +3,11 @@
 //! Nothing here performs I/O, reads a clock or generates an id: time and ids are passed
 //! in, so every rule can be tested without a database or a runtime.
 
+pub mod identity;
 pub mod ledger;
 pub mod money;
 
+pub use identity::{Principal, Role};
 pub use ledger::{
     Account, AccountFlags, AccountId, Balances, Book, LedgerEvent, LedgerTotals, NewAccount,
     NewTransfer, PendingStatus, Transfer, TransferError, TransferId, TransferKind, TransferOutcome,

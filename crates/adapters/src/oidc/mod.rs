@@ -1,0 +1,289 @@
+//! Access-token validation against one OpenID Connect issuer (Keycloak or ferrobank's own).
+//!
+//! A service trusts an issuer through configuration alone ([`OidcConfig`]): the keys come
+//! from the issuer's discovery document and JWKS, never from the token. What a token may
+//! choose is only which of the configured algorithms and published keys apply.
+//!
+//! [`TokenValidator::validate`] checks, in this order, and refuses at the first failure:
+//! size; shape; header (`alg` on the allow-list, no `jku`/`x5u`/`jwk`/`x5c`/`crit`, a
+//! `kid`, an access-token `typ`); the key (by `kid`, fit for `alg`); the signature; then
+//! `exp`, `nbf`, `iss`, `aud`, `iat` and the `typ` claim. Claims are read only once the
+//! signature holds. The attacks this defends against are those of RFC 8725 §2; the tests
+//! in `tests/oidc.rs` try each.
+
+mod config;
+mod error;
+mod keys;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ferrobank_domain::{Principal, Role};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+pub use config::{
+    ConfigError, DEFAULT_MAX_TOKEN_BYTES, MAX_DOCUMENT_BYTES, OidcConfig, SigningAlgorithm,
+};
+pub use error::{DiscoveryError, TokenError};
+
+use keys::{KeyCache, Lookup};
+
+/// Validates access tokens of the configured issuer and turns them into [`Principal`]s.
+/// Cheap to share: put it in an `Arc`.
+#[derive(Debug)]
+pub struct TokenValidator {
+    issuer: String,
+    audiences: Vec<String>,
+    allowed: Vec<Algorithm>,
+    leeway_s: u64,
+    max_token_bytes: usize,
+    /// Built once per allowed algorithm (jsonwebtoken wants every algorithm of a
+    /// `Validation` in the key's family): `exp`/`nbf`/`iss`/`aud` and the required claims.
+    validations: Vec<(Algorithm, Validation)>,
+    keys: KeyCache,
+}
+
+/// The header fields this validator looks at. The key-carrying ones are only detected,
+/// never used.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    kid: Option<String>,
+    typ: Option<String>,
+    jku: Option<IgnoredAny>,
+    x5u: Option<IgnoredAny>,
+    jwk: Option<IgnoredAny>,
+    x5c: Option<IgnoredAny>,
+    crit: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RoleList {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// The claims the principal is built from; `exp`, `nbf` and `aud` are checked by
+/// `jsonwebtoken` from the same payload.
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    iss: Option<String>,
+    iat: Option<u64>,
+    typ: Option<String>,
+    azp: Option<String>,
+    scope: Option<String>,
+    preferred_username: Option<String>,
+    realm_access: Option<RoleList>,
+    #[serde(default)]
+    resource_access: BTreeMap<String, RoleList>,
+}
+
+impl TokenValidator {
+    /// A validator for `config`. Performs no I/O: the IdP is first contacted by
+    /// [`TokenValidator::warm_up`] or the first token.
+    pub fn new(config: &OidcConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.http_timeout_ms))
+            .connect_timeout(Duration::from_millis(config.http_timeout_ms))
+            // A redirect would let whoever controls it choose where keys come from.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        let allowed: Vec<Algorithm> = config.algorithms.iter().map(|alg| alg.to_jwt()).collect();
+        let validations = allowed
+            .iter()
+            .map(|alg| {
+                let mut validation = Validation::new(*alg);
+                validation.leeway = config.leeway_s;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.validate_aud = true;
+                validation.set_issuer(&[&config.issuer]);
+                validation.set_audience(&config.audiences);
+                // Without these in the required set, jsonwebtoken skips absent claims.
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                (*alg, validation)
+            })
+            .collect();
+        Ok(TokenValidator {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            allowed,
+            leeway_s: config.leeway_s,
+            max_token_bytes: config.max_token_bytes,
+            validations,
+            keys: KeyCache::new(config, http),
+        })
+    }
+
+    /// Reads discovery and the JWKS now, so that a misconfigured issuer shows at start-up.
+    /// Subject to the refresh rate limit like any other fetch.
+    pub async fn warm_up(&self) -> Result<(), DiscoveryError> {
+        self.keys.refresh().await
+    }
+
+    /// The caller a bearer access token stands for, or why it is refused.
+    pub async fn validate(&self, token: &str) -> Result<Principal, TokenError> {
+        if token.len() > self.max_token_bytes {
+            return Err(TokenError::TooLarge { max_bytes: self.max_token_bytes });
+        }
+        let (alg, kid) = self.check_header(token)?;
+        let keys = self.keys.keys_for(&kid).await.ok_or(TokenError::KeysUnavailable)?;
+        let key = match keys.lookup(&kid, alg) {
+            Lookup::Found(key) => key,
+            Lookup::Mismatch => return Err(TokenError::KeyMismatch),
+            Lookup::Absent => return Err(TokenError::UnknownKid),
+        };
+        let validation = self
+            .validations
+            .iter()
+            .find_map(|(candidate, validation)| (*candidate == alg).then_some(validation))
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
+            .map_err(|e| map_jwt_error(e.kind()))?
+            .claims;
+        self.principal(claims, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// Checks the header and returns its algorithm and `kid`.
+    fn check_header(&self, token: &str) -> Result<(Algorithm, String), TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(_payload), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        // An empty signature goes on to the checks below: `alg: none` is refused as such.
+        if header_b64.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| TokenError::Malformed)?;
+        // serde_json refuses duplicate keys in a struct, so `{"alg":"RS256","alg":"none"}`
+        // cannot mean one thing here and another in the verifier.
+        let header: RawHeader =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        // `none` is not even an `Algorithm` variant; any name outside the list is refused
+        // the same way (RFC 8725 §3.1).
+        let alg = self
+            .allowed
+            .iter()
+            .copied()
+            .find(|alg| alg_name(*alg) == header.alg)
+            .ok_or(TokenError::AlgorithmNotAllowed)?;
+        // RFC 8725 §3.10 and RFC 7515 §10.3: a key or key URL in the header is chosen by
+        // the sender; trusting it verifies the token with the attacker's key.
+        for (present, name) in [
+            (header.jku.is_some(), "jku"),
+            (header.x5u.is_some(), "x5u"),
+            (header.jwk.is_some(), "jwk"),
+            (header.x5c.is_some(), "x5c"),
+            (header.crit.is_some(), "crit"),
+        ] {
+            if present {
+                return Err(TokenError::ForbiddenHeader(name));
+            }
+        }
+        // RFC 8725 §3.11 / RFC 9068 §2.1: explicit typing. Keycloak writes `JWT`; RFC 9068
+        // access tokens `at+jwt`. Anything else (`logout+jwt`, `dpop+jwt`...) is another
+        // kind of JWT replayed as an access token.
+        if let Some(typ) = &header.typ {
+            let typ = typ.strip_prefix("application/").unwrap_or(typ);
+            if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("at+jwt") {
+                return Err(TokenError::WrongType);
+            }
+        }
+        let kid = header.kid.ok_or(TokenError::MissingKid)?;
+        Ok((alg, kid))
+    }
+
+    fn principal(&self, claims: Claims, now_s: u64) -> Result<Principal, TokenError> {
+        // jsonwebtoken already required and checked these; kept explicit so that a change
+        // of its defaults cannot turn them off silently.
+        let issuer = claims.iss.ok_or(TokenError::MissingClaim("iss"))?;
+        if issuer != self.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        let subject =
+            claims.sub.filter(|s| !s.is_empty()).ok_or(TokenError::MissingClaim("sub"))?;
+        // RFC 7519 leaves `iat` informative; a token claiming to be issued in the future
+        // comes from a skewed or forged clock, so it is refused like an early `nbf`.
+        let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
+        if iat > now_s.saturating_add(self.leeway_s) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        // Keycloak's own `typ` claim: `Bearer` for access tokens, `ID` / `Refresh` /
+        // `Logout` for the others, which must not open the API.
+        if claims.typ.as_deref().is_some_and(|typ| !typ.eq_ignore_ascii_case("Bearer")) {
+            return Err(TokenError::WrongType);
+        }
+        let mut roles: BTreeSet<Role> = claims
+            .realm_access
+            .iter()
+            .flat_map(|access| access.roles.iter())
+            .filter_map(|name| Role::from_name(name))
+            .collect();
+        // Client roles count only for this service's own audiences: a role another client
+        // defines under the same name grants nothing here.
+        for audience in &self.audiences {
+            if let Some(access) = claims.resource_access.get(audience) {
+                roles.extend(access.roles.iter().filter_map(|name| Role::from_name(name)));
+            }
+        }
+        let scopes = claims
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split_ascii_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Ok(Principal {
+            subject,
+            username: claims.preferred_username,
+            roles,
+            client_id: claims.azp,
+            scopes,
+            issuer,
+        })
+    }
+}
+
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        // Not reachable from `SigningAlgorithm`.
+        _ => "",
+    }
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        // The header was decoded before and the payload is decoded only once the signature
+        // holds, so a base64 error here is the signature's (a truncated one, typically).
+        ErrorKind::InvalidSignature | ErrorKind::Base64(_) => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(match claim.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            "sub" => "sub",
+            _ => "unknown",
+        }),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => TokenError::KeyMismatch,
+        ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            TokenError::InvalidClaims
+        }
+        _ => TokenError::Malformed,
+    }
+}
