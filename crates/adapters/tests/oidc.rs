@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 const IDP_RSA: &[u8] = include_bytes!("fixtures/test-only-rsa-idp.pem");
 const IDP_RSA_PUBLIC: &[u8] = include_bytes!("fixtures/test-only-rsa-idp.pub.pem");
 const IDP_EC: &[u8] = include_bytes!("fixtures/test-only-ec-idp.pem");
+const IDP_ED25519: &[u8] = include_bytes!("fixtures/test-only-ed25519-idp.pem");
 const ATTACKER_RSA: &[u8] = include_bytes!("fixtures/test-only-rsa-attacker.pem");
 
 const REALM_PATH: &str = "/realms/test";
@@ -105,6 +106,7 @@ async fn serve(State(state): State<Arc<IdpState>>, uri: Uri) -> Response {
 fn public_jwk(pem: &[u8], alg: Algorithm, kid: &str) -> Value {
     let key = match alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem).unwrap(),
         _ => EncodingKey::from_rsa_pem(pem).unwrap(),
     };
     let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
@@ -120,7 +122,8 @@ fn idp_jwks() -> Value {
         "kid": "enc-1", "kty": "RSA", "alg": "RSA-OAEP", "use": "enc",
         "n": rsa["n"], "e": rsa["e"],
     });
-    json!({ "keys": [rsa, public_jwk(IDP_EC, Algorithm::ES256, "ec-1"), enc] })
+    let ed = public_jwk(IDP_ED25519, Algorithm::EdDSA, "ed-1");
+    json!({ "keys": [rsa, public_jwk(IDP_EC, Algorithm::ES256, "ec-1"), ed, enc] })
 }
 
 fn config(idp: &Idp) -> OidcConfig {
@@ -159,6 +162,7 @@ fn header(alg: Algorithm, kid: &str) -> Header {
 fn sign(header: &Header, claims: &Value, pem: &[u8]) -> String {
     let key = match header.alg {
         Algorithm::ES256 => EncodingKey::from_ec_pem(pem).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem).unwrap(),
         Algorithm::HS256 => EncodingKey::from_secret(pem),
         _ => EncodingKey::from_rsa_pem(pem).unwrap(),
     };
@@ -238,7 +242,7 @@ async fn alg_none_and_algorithms_off_the_allow_list_are_refused() {
 }
 
 #[tokio::test]
-async fn es256_is_selectable_and_keys_only_verify_their_own_algorithm() {
+async fn es256_and_eddsa_are_selectable_and_keys_only_verify_their_own_algorithm() {
     let idp = Idp::start(idp_jwks()).await;
     let es = sign(&header(Algorithm::ES256, "ec-1"), &claims(&idp.issuer()), IDP_EC);
 
@@ -255,6 +259,12 @@ async fn es256_is_selectable_and_keys_only_verify_their_own_algorithm() {
     assert_eq!(refused(&both, &cross).await, TokenError::KeyMismatch);
     let enc = sign(&header(Algorithm::RS256, "enc-1"), &claims(&idp.issuer()), IDP_RSA);
     assert_eq!(refused(&both, &enc).await, TokenError::UnknownKid);
+
+    let ed = sign(&header(Algorithm::EdDSA, "ed-1"), &claims(&idp.issuer()), IDP_ED25519);
+    assert_eq!(refused(&both, &ed).await, TokenError::AlgorithmNotAllowed);
+    let eddsa =
+        validator(&OidcConfig { algorithms: vec![SigningAlgorithm::EdDSA], ..config(&idp) });
+    eddsa.validate(&ed).await.unwrap();
 }
 
 #[tokio::test]
