@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::response::Html;
+use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::dto;
 use super::ledger;
-use super::problem::Problem;
+use super::problem::{PROBLEM_JSON, Problem};
 
 /// The API description, generated from the handler annotations.
 #[derive(Debug, OpenApi)]
@@ -29,8 +30,59 @@ use super::problem::Problem;
 pub struct ApiDoc;
 
 /// `GET /api/openapi.json`
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json() -> Json<Value> {
+    Json(document())
+}
+
+/// The OpenAPI document with what every operation shares added once: the problems any
+/// request can get (503 when the database or queue is unavailable; for a POST also 400,
+/// 413, 415 and 422) and the `Idempotency-Key` header of every POST.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let problem = |description: &str| {
+        json!({
+            "description": description,
+            "content": { PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } }
+        })
+    };
+    let idempotency_key = json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": "Makes retries safe: the first response is replayed; the same key with \
+                        another body is 422; a key still in flight is 409.",
+        "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" }
+    });
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc;
+    };
+    for (method, operation) in
+        paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.iter_mut())
+    {
+        let Some(operation) = operation.as_object_mut() else { continue };
+        let mut shared =
+            vec![("503", problem("Temporarily unavailable; retry after `Retry-After`"))];
+        if method == "post" {
+            shared.extend([
+                ("400", problem("Malformed JSON or an invalid Idempotency-Key")),
+                ("409", problem("Idempotency-Key still in flight, or the id is taken")),
+                ("413", problem("Request body too large")),
+                ("415", problem("Content-Type is not application/json")),
+                ("422", problem("Invalid request, or refused by a ledger rule")),
+            ]);
+            let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
+            if let Some(parameters) = parameters.as_array_mut() {
+                parameters.push(idempotency_key.clone());
+            }
+        }
+        let responses = operation.entry("responses").or_insert_with(|| json!({}));
+        if let Some(responses) = responses.as_object_mut() {
+            for (status, response) in shared {
+                responses.entry(status).or_insert(response);
+            }
+        }
+    }
+    doc
 }
 
 /// `GET /api/docs`: every operation with its summary, rendered without scripts or CDNs.

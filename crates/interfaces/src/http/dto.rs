@@ -18,14 +18,20 @@ pub struct OpenAccountRequest {
     /// Account id; generated when omitted (derived from the Idempotency-Key when present).
     pub id: Option<Uuid>,
     /// ISO 4217 currency code, e.g. `EUR`; fixes the account's ledger.
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
     /// Account type in the bank's chart of accounts.
     #[serde(default = "default_code")]
     #[schema(default = 1)]
     pub code: u16,
-    /// Owner reference (customer id, or `bank` for the bank's own accounts).
-    #[schema(example = "customer-42")]
+    /// Owner reference (customer id, or `bank` for the bank's own accounts): 1 to 128
+    /// printable characters.
+    #[schema(
+        example = "customer-42",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1F\\x7F]*[^\\s\\x00-\\x1F\\x7F][^\\x00-\\x1F\\x7F]*$"
+    )]
     pub owner: String,
     /// Balance limits.
     #[serde(default)]
@@ -190,7 +196,7 @@ pub struct TransferRequest {
     #[schema(value_type = Option<i64>, minimum = 1, example = 2500)]
     pub amount: Option<Amount>,
     /// ISO 4217 code both accounts must hold (required unless posting or voiding).
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     /// Transfer type as the bank numbers it.
     #[serde(default = "default_code")]

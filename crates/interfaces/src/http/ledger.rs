@@ -30,7 +30,6 @@ const MAX_HISTORY_LIMIT: u32 = 500;
 /// Open an account. Opening the same account again (same id and fields) returns it.
 #[utoipa::path(post, path = "/api/accounts", tag = "accounts",
     request_body = OpenAccountRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses(
         (status = 201, description = "Opened", body = AccountDto),
         (status = 200, description = "Already open with the same fields", body = AccountDto),
@@ -154,7 +153,6 @@ fn invalid_query(detail: impl Into<String>) -> Problem {
 /// Create one transfer: posted at once, or a hold (`flags.pending`), or post/void a hold.
 #[utoipa::path(post, path = "/api/transfers", tag = "transfers",
     request_body = TransferRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses(
         (status = 201, description = "Committed", body = TransferDto),
         (status = 200, description = "Identical transfer already committed", body = TransferDto),
@@ -195,7 +193,6 @@ async fn single_transfer(state: &AppState, request: NewTransfer, resolving: bool
 /// all or nothing.
 #[utoipa::path(post, path = "/api/transfers/batch", tag = "transfers",
     request_body = TransferBatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
     responses(
         (status = 200, description = "One result per transfer", body = TransferBatchResponse),
         (status = 422, body = Problem, content_type = "application/problem+json"),
@@ -266,8 +263,7 @@ pub async fn get_transfer(
 
 /// Post a hold, in full or in part.
 #[utoipa::path(post, path = "/api/transfers/{id}/post", tag = "transfers",
-    params(("id" = Uuid, Path, description = "Id of the pending transfer"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("id" = Uuid, Path, description = "Id of the pending transfer")),
     request_body = ResolveRequest,
     responses(
         (status = 201, body = TransferDto),
@@ -288,8 +284,7 @@ pub async fn post_pending(
 
 /// Void a hold, releasing the funds.
 #[utoipa::path(post, path = "/api/transfers/{id}/void", tag = "transfers",
-    params(("id" = Uuid, Path, description = "Id of the pending transfer"),
-           ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    params(("id" = Uuid, Path, description = "Id of the pending transfer")),
     request_body = ResolveRequest,
     responses(
         (status = 201, body = TransferDto),
