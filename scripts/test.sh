@@ -42,9 +42,9 @@ ensure_postgres() {
   elif psql -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -c "$sql" >/dev/null 2>&1; then :
   else as_root su postgres -c "psql -q -d postgres -c \"$sql\"" >/dev/null
   fi
-  export FERROBANK_TEST_PG_URL="postgres://$PG_TEST_ROLE:$PG_TEST_PASSWORD@$PG_HOST:$PG_PORT/postgres"
+  export TEST_PG_ADMIN_URL="postgres://$PG_TEST_ROLE:$PG_TEST_PASSWORD@$PG_HOST:$PG_PORT/postgres"
   # The test database the suites connect through; each test then creates its own.
-  psql -q "$FERROBANK_TEST_PG_URL" -c 'SELECT 1' >/dev/null
+  psql -q "$TEST_PG_ADMIN_URL" -c 'SELECT 1' >/dev/null
   log "PostgreSQL ready at $PG_HOST:$PG_PORT (role $PG_TEST_ROLE)"
 }
 
@@ -55,7 +55,42 @@ ensure_nextest() {
   fi
 }
 
+ensure_schemathesis() {
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    log "installing schemathesis (pip)"
+    python3 -m pip install --quiet schemathesis
+  fi
+}
+
+# Contract check of the real binary against its own OpenAPI document: no 5xx for any
+# generated input, and every status, content type, header and body as documented.
+api_contract() {
+  local dir port pid status=0
+  dir=$(mktemp -d)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  (cd "$dir" && exec "$PWD_ROOT/target/debug/ferrobank" up --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
+  pid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  schemathesis run "http://127.0.0.1:$port/api/openapi.json" --seed 1 --max-examples 50 \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+    || status=$?
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+  return "$status"
+}
+
+PWD_ROOT=$PWD
 ensure_postgres
 ensure_nextest
 log "running the workspace tests"
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --workspace --no-fail-fast "$@" || status=$?
+if [ "$#" -eq 0 ]; then
+  ensure_schemathesis
+  log "API contract check (schemathesis against /api/openapi.json)"
+  api_contract || status=$?
+fi
+exit "$status"

@@ -2,7 +2,7 @@
 //! directory, or a fresh PostgreSQL database; each is deleted when dropped, so tests run
 //! in parallel and leave nothing behind.
 //!
-//! PostgreSQL is reached through `FERROBANK_TEST_PG_URL` (an admin URL allowed to
+//! PostgreSQL is reached through `TEST_PG_ADMIN_URL` (an admin URL allowed to
 //! `CREATE DATABASE`), default `postgres://root@127.0.0.1:5432/postgres`. A test that asks
 //! for PostgreSQL fails when it is unreachable: `scripts/test.sh` starts it first.
 
@@ -57,13 +57,13 @@ impl TestDatabase {
     /// A fresh PostgreSQL database named `fbt_<random>`.
     pub async fn postgres() -> Self {
         let admin_url =
-            std::env::var("FERROBANK_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
+            std::env::var("TEST_PG_ADMIN_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
         let name = format!("fbt_{}", Uuid::new_v4().simple());
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
             Ok(conn) => conn,
             Err(error) => panic!(
                 "PostgreSQL at {admin_url} is required for this test ({error}); run scripts/test.sh, \
-                 which starts it, or set FERROBANK_TEST_PG_URL"
+                 which starts it, or set TEST_PG_ADMIN_URL"
             ),
         };
         if let Err(error) =

@@ -2,7 +2,7 @@
 //! `IdempotencyStore`): every case runs once against SQLite and once against PostgreSQL,
 //! through the real `LedgerService` (group commit, expiry sweep) or the store directly.
 //!
-//! PostgreSQL is reached through `FERROBANK_TEST_PG_URL` (see `testing`); its tests fail,
+//! PostgreSQL is reached through `TEST_PG_ADMIN_URL` (see `testing`); its tests fail,
 //! never skip, when it is unreachable.
 #![allow(clippy::unwrap_used)]
 
