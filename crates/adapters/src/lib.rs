@@ -4,8 +4,10 @@
 //! and PostgreSQL (production) with one code path over sqlx's `Any` driver; the
 //! conformance suite in `tests/` runs the same cases against both. `oidc` validates
 //! access tokens of one OpenID Connect issuer (discovery, a JWKS cache, RFC 8725 checks).
+//! `realm` reads and checks Keycloak realm files, the configuration of the coming provider.
 
 pub mod oidc;
+pub mod realm;
 pub mod sql;
 
 pub use sql::{Backend, SqlStore, StoreOptions};
