@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobank_domain::{
-    Account, AccountId, Book, LedgerEvent, NewAccount, NewTransfer, Transfer, TransferError,
-    TransferId, TransferOutcome,
+    Account, AccountId, Book, LedgerEvent, NewAccount, NewTransfer, Principal, Transfer,
+    TransferError, TransferId, TransferOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::access;
 use crate::clock::Clock;
 use crate::outbox::OutboxMessage;
 use crate::ports::{HistoryPage, LedgerStore, StoreError, VerifyReport};
@@ -55,6 +56,9 @@ pub enum LedgerError {
         /// The limit.
         max: usize,
     },
+    /// The caller may not open an account for this owner.
+    #[error("you may only open accounts that you own")]
+    Forbidden,
     /// An account with this id exists with other fields.
     #[error("an account with this id exists with different fields")]
     AccountExistsWithDifferentFields,
@@ -196,6 +200,127 @@ impl LedgerService {
         limit: u32,
     ) -> Result<HistoryPage, LedgerError> {
         Ok(self.store.history(account, before, limit).await?)
+    }
+
+    /// Opens an account on behalf of `caller` (`None`: authentication is off, anyone may).
+    pub async fn open_account_as(
+        &self,
+        caller: Option<&Principal>,
+        new: NewAccount,
+    ) -> Result<OpenOutcome, LedgerError> {
+        if caller.is_some_and(|p| !access::may_open(p, &new.owner)) {
+            return Err(LedgerError::Forbidden);
+        }
+        self.open_account(new).await
+    }
+
+    /// One account, if it exists and `caller` may see it (`None`: authentication is off).
+    pub async fn account_as(
+        &self,
+        caller: Option<&Principal>,
+        id: AccountId,
+    ) -> Result<Option<Account>, LedgerError> {
+        let account = self.store.account(id).await?;
+        Ok(account.filter(|a| caller.is_none_or(|p| access::may_read(p, a))))
+    }
+
+    /// One transfer, if it exists and `caller` may see its debit or its credit account.
+    pub async fn transfer_as(
+        &self,
+        caller: Option<&Principal>,
+        id: TransferId,
+    ) -> Result<Option<Transfer>, LedgerError> {
+        let Some(transfer) = self.store.transfer(id).await? else {
+            return Ok(None);
+        };
+        let Some(principal) = caller else {
+            return Ok(Some(transfer));
+        };
+        for account in [transfer.debit_account_id, transfer.credit_account_id] {
+            if self.store.account(account).await?.is_some_and(|a| access::may_read(principal, &a)) {
+                return Ok(Some(transfer));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Self::create_transfers`] on behalf of `caller` (`None`: authentication is off).
+    /// A transfer whose debit account (or, for a post or void, whose hold's debit account)
+    /// the caller may not debit is refused exactly as if that account or hold did not
+    /// exist, before anything is enqueued; a refused transfer fails its whole linked chain,
+    /// as any refusal inside the book would.
+    pub async fn create_transfers_as(
+        &self,
+        caller: Option<&Principal>,
+        requests: Vec<NewTransfer>,
+    ) -> Result<TransferResults, LedgerError> {
+        let Some(principal) = caller else {
+            return self.create_transfers(requests).await;
+        };
+        let max = self.limits.max_request_transfers;
+        if requests.len() > max {
+            return Err(LedgerError::TooManyTransfers { max });
+        }
+        let mut refusals = Vec::with_capacity(requests.len());
+        for request in &requests {
+            refusals.push(self.debit_refusal(principal, request).await?);
+        }
+        if refusals.iter().all(Option::is_none) {
+            return self.create_transfers(requests).await;
+        }
+        let mut results: Vec<Option<Result<TransferOutcome, TransferError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut start = 0;
+        for (end, request) in requests.iter().enumerate() {
+            if request.linked && end + 1 < requests.len() {
+                continue;
+            }
+            if refusals[start..=end].iter().any(Option::is_some) {
+                for (result, refusal) in results[start..=end].iter_mut().zip(&refusals[start..=end])
+                {
+                    *result = Some(Err(refusal.unwrap_or(TransferError::LinkedEventFailed)));
+                }
+            }
+            start = end + 1;
+        }
+        let (indices, allowed): (Vec<usize>, Vec<NewTransfer>) =
+            requests.into_iter().enumerate().filter(|(i, _)| results[*i].is_none()).unzip();
+        let committed = self.create_transfers(allowed).await?;
+        for (i, result) in indices.into_iter().zip(committed) {
+            results[i] = Some(result);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(TransferError::LinkedEventFailed)))
+            .collect())
+    }
+
+    /// Why `principal` may not make `request`, as the error a missing account or hold gives.
+    ///
+    /// Checked before the writer commits, outside its transaction: this is not a race,
+    /// because an account's owner never changes after it is opened and a transfer's debit
+    /// account never changes either, so what is read here is what the writer will lock.
+    async fn debit_refusal(
+        &self,
+        principal: &Principal,
+        request: &NewTransfer,
+    ) -> Result<Option<TransferError>, LedgerError> {
+        let (debit, refusal) = match request.kind.pending_id() {
+            Some(pending) => (
+                self.store.transfer(pending).await?.map(|t| t.debit_account_id),
+                TransferError::PendingTransferNotFound,
+            ),
+            // No debit account: the book refuses the request on its own.
+            None if request.debit_account_id.is_none() => return Ok(None),
+            None => (request.debit_account_id, TransferError::DebitAccountNotFound),
+        };
+        let allowed = match debit {
+            Some(id) => {
+                self.store.account(id).await?.is_some_and(|a| access::may_debit(principal, &a))
+            }
+            None => false,
+        };
+        Ok((!allowed).then_some(refusal))
     }
 
     /// Checks the ledger invariant and every account against its transfers.

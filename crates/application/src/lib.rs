@@ -4,6 +4,7 @@
 //! the outbox event announcing it are committed in one transaction. Transfers go through
 //! a bounded queue and are committed in batches by one writer task (group commit).
 
+pub mod access;
 pub mod clock;
 pub mod idempotency;
 pub mod ledger;

@@ -3,9 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use ferrobank_adapters::oidc::{OidcConfig, SigningAlgorithm};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+/// The `aud` an access token for this API carries unless `[auth] audiences` says otherwise.
+pub const DEFAULT_AUDIENCE: &str = "banking-api";
 
 /// File read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_FILE: &str = "ferrobank.toml";
@@ -14,7 +18,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "ferrobank.toml";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address the API listens on. Loopback by default: authentication is not wired yet.
+    /// Address the API listens on. Loopback by default: authentication is opt-in (`auth`).
     pub listen: SocketAddr,
     /// Directory of the embedded SQLite database (used when `database_url` is unset).
     pub data_dir: PathBuf,
@@ -28,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Bearer-token authentication of `/api`; off unless `issuer` is set.
+    pub auth: AuthConfig,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -66,6 +72,34 @@ pub struct HttpConfig {
     pub request_timeout_ms: u64,
 }
 
+/// Bearer-token authentication (OpenID Connect access tokens of one issuer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Issuer URL exactly as in tokens' `iss` (Keycloak: `{base}/realms/{realm}`). Unset:
+    /// authentication is off and every caller is anonymous (loopback-only use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms (`RS256`, `ES256`, `EdDSA`).
+    pub algorithms: Vec<SigningAlgorithm>,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_s: u64,
+}
+
+impl AuthConfig {
+    /// The validator configuration, when authentication is on.
+    pub fn oidc(&self) -> Option<OidcConfig> {
+        let issuer = self.issuer.clone()?;
+        Some(OidcConfig {
+            algorithms: self.algorithms.clone(),
+            leeway_s: self.leeway_s,
+            ..OidcConfig::new(issuer, self.audiences.clone())
+        })
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +132,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -126,6 +161,18 @@ impl Default for HttpConfig {
     fn default() -> Self {
         let d = ferrobank_interfaces::HttpLimits::default();
         Self { max_body_bytes: d.max_body_bytes, request_timeout_ms: d.request_timeout_ms }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let d = OidcConfig::new("", vec![DEFAULT_AUDIENCE.to_owned()]);
+        Self {
+            issuer: None,
+            audiences: d.audiences,
+            algorithms: d.algorithms,
+            leeway_s: d.leeway_s,
+        }
     }
 }
 
@@ -187,6 +234,9 @@ impl Config {
             && ferrobank_adapters::Backend::from_url(url).is_none()
         {
             return Err("database_url must start with postgres:// or sqlite://".into());
+        }
+        if let Some(oidc) = self.auth.oidc() {
+            oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobank_adapters::SqlStore;
+use ferrobank_adapters::oidc::TokenValidator;
 use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use tokio::sync::oneshot;
@@ -43,7 +44,24 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
     let store = Arc::new(store);
     let (ledger, writer) = LedgerService::start(store.clone(), clock.clone(), limits);
     let idempotency: Arc<dyn IdempotencyStore> = store.clone();
+    let auth = match config.auth.oidc() {
+        None => None,
+        Some(oidc) => {
+            let validator = TokenValidator::new(&oidc).map_err(|e| format!("auth: {e}"))?;
+            // An unreachable IdP must not keep the ledger down: tokens get 503/401 until
+            // the keys can be read, and the validator keeps retrying on use.
+            match validator.warm_up().await {
+                Ok(()) => tracing::info!(issuer = %oidc.issuer, "bearer-token authentication on"),
+                Err(error) => tracing::warn!(
+                    issuer = %oidc.issuer, %error,
+                    "bearer-token authentication on, but the issuer cannot be read yet"
+                ),
+            }
+            Some(Arc::new(validator))
+        }
+    };
     let state = AppState {
+        auth,
         ledger: ledger.clone(),
         idempotency: idempotency.clone(),
         clock: clock.clone(),

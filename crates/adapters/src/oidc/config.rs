@@ -17,7 +17,7 @@ pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Only asymmetric algorithms exist here: a resource server that accepted HMAC would verify
 /// with a secret it shares with the IdP, and a confused verifier could use a public key as
 /// that secret (RFC 8725 §2.1, §3.1). Making HS* unrepresentable closes that door for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum SigningAlgorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256: Keycloak's default.
     RS256,

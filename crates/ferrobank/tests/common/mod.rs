@@ -77,6 +77,111 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     }
 }
 
+/// Starts the real router like [`spawn_app`], with bearer-token authentication against `idp`.
+pub async fn spawn_app_with_auth(backend: Backend, idp: &TestIdp) -> TestApp {
+    spawn_app_with_issuer(backend, &idp.issuer).await
+}
+
+/// Starts the real router with authentication against whatever answers at `issuer`.
+pub async fn spawn_app_with_issuer(backend: Backend, issuer: &str) -> TestApp {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let mut config = Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        database_url: Some(db.url.clone()),
+        ..Config::default()
+    };
+    config.auth.issuer = Some(issuer.to_owned());
+    let running = server::start(&config, store.clone()).await.unwrap();
+    TestApp {
+        address: format!("http://{}", running.addr),
+        client: client(),
+        store,
+        running: Some(running),
+        db,
+    }
+}
+
+// TEST-ONLY keys shared with the adapters' OIDC tests (see their fixtures/README.md).
+const IDP_RSA: &[u8] = include_bytes!("../../../adapters/tests/fixtures/test-only-rsa-idp.pem");
+const ATTACKER_RSA: &[u8] =
+    include_bytes!("../../../adapters/tests/fixtures/test-only-rsa-attacker.pem");
+const IDP_KID: &str = "rsa-1";
+
+/// A tiny OpenID provider on a random local port: discovery and a JWKS with one RS256
+/// key; it signs whatever tokens a test asks for.
+#[derive(Debug)]
+pub struct TestIdp {
+    /// The issuer URL, as in tokens' `iss`.
+    pub issuer: String,
+}
+
+impl TestIdp {
+    /// Serves discovery and JWKS until the test ends.
+    pub async fn start() -> TestIdp {
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = format!("{base}/realms/test");
+        let discovery = json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/protocol/openid-connect/certs"),
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(IDP_RSA).unwrap();
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256)
+                .unwrap();
+        jwk.common.key_id = Some(IDP_KID.to_owned());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let jwks = json!({ "keys": [jwk] });
+        let app = axum::Router::new()
+            .route(
+                "/realms/test/.well-known/openid-configuration",
+                get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/realms/test/protocol/openid-connect/certs",
+                get(move || async move { axum::Json(jwks) }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestIdp { issuer }
+    }
+
+    /// Claims of a Keycloak-shaped access token for `subject` with realm `roles`, valid now.
+    pub fn claims(&self, subject: &str, roles: &[&str]) -> Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        json!({
+            "exp": now + 300, "iat": now, "jti": Uuid::now_v7(), "iss": self.issuer,
+            "aud": ["account", ferrobank::config::DEFAULT_AUDIENCE], "sub": subject,
+            "typ": "Bearer", "azp": "banking-web-app", "scope": "openid profile",
+            "preferred_username": subject, "realm_access": { "roles": roles },
+        })
+    }
+
+    /// A signed access token for `subject` with realm `roles`.
+    pub fn token(&self, subject: &str, roles: &[&str]) -> String {
+        self.sign(&self.claims(subject, roles))
+    }
+
+    /// `claims` signed with the IdP's published key.
+    pub fn sign(&self, claims: &Value) -> String {
+        sign_rs256(claims, IDP_RSA)
+    }
+
+    /// `claims` signed with a key the IdP never published.
+    pub fn forge(&self, claims: &Value) -> String {
+        sign_rs256(claims, ATTACKER_RSA)
+    }
+}
+
+fn sign_rs256(claims: &Value, pem: &[u8]) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(IDP_KID.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
 /// An HTTP client with a bounded request time.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap()
@@ -179,6 +284,38 @@ impl TestApp {
         let url = format!("{}{path}", self.address);
         let request = self.client.post(url).header("idempotency-key", key).json(body);
         Reply::read(request.send().await.unwrap()).await
+    }
+
+    /// `GET {path}` with `Authorization: Bearer {token}`.
+    pub async fn get_as(&self, token: &str, path: &str) -> Reply {
+        let url = format!("{}{path}", self.address);
+        Reply::read(self.client.get(url).bearer_auth(token).send().await.unwrap()).await
+    }
+
+    /// `POST {path}` with a JSON body and `Authorization: Bearer {token}`.
+    pub async fn post_as(&self, token: &str, path: &str, body: &Value) -> Reply {
+        let url = format!("{}{path}", self.address);
+        Reply::read(self.client.post(url).bearer_auth(token).json(body).send().await.unwrap()).await
+    }
+
+    /// `POST {path}` as `token` with an `Idempotency-Key`.
+    pub async fn post_as_with_key(
+        &self,
+        token: &str,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> Reply {
+        let url = format!("{}{path}", self.address);
+        let request =
+            self.client.post(url).bearer_auth(token).header("idempotency-key", key).json(body);
+        Reply::read(request.send().await.unwrap()).await
+    }
+
+    /// Opens a EUR account of `owner` as `token`; returns the reply.
+    pub async fn open_as(&self, token: &str, owner: &str) -> Reply {
+        let body = json!({ "id": Uuid::now_v7(), "currency": "EUR", "owner": owner });
+        self.post_as(token, "/api/accounts", &body).await
     }
 
     /// Opens a EUR account; returns its id.

@@ -35,8 +35,10 @@ pub async fn openapi_json() -> Json<Value> {
 }
 
 /// The OpenAPI document with what every operation shares added once: the problems any
-/// request can get (503 when the database or queue is unavailable; for a POST also 400,
-/// 413, 415 and 422) and the `Idempotency-Key` header of every POST.
+/// request can get (503 when the database, queue or IdP is unavailable; 401 when
+/// authentication is on and the bearer token is missing or refused; for a POST also 400,
+/// 413, 415 and 422), the `Idempotency-Key` header of every POST and the bearer security
+/// scheme (required only when the server runs with `[auth] issuer` set).
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let problem = |description: &str| {
@@ -53,6 +55,26 @@ pub fn document() -> Value {
                         another body is 422; a key still in flight is 409.",
         "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" }
     });
+    let unauthorized = json!({
+        "description": "Authentication is on and the bearer token is missing or invalid",
+        "headers": { "WWW-Authenticate": {
+            "description": "RFC 6750 challenge, with `error=\"invalid_token\"` for a refused token",
+            "schema": { "type": "string" }
+        } },
+        "content": { PROBLEM_JSON: { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    });
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.insert(
+            "securitySchemes".into(),
+            json!({ "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An OpenID Connect access token of the configured issuer \
+                                (`[auth] issuer`); without that setting no token is needed."
+            } }),
+        );
+    }
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
     };
@@ -60,8 +82,12 @@ pub fn document() -> Value {
         paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.iter_mut())
     {
         let Some(operation) = operation.as_object_mut() else { continue };
-        let mut shared =
-            vec![("503", problem("Temporarily unavailable; retry after `Retry-After`"))];
+        let mut shared = vec![
+            ("401", unauthorized.clone()),
+            ("503", problem("Temporarily unavailable; retry after `Retry-After`")),
+        ];
+        // Anonymous access is allowed too: authentication is opt-in per deployment.
+        operation.insert("security".into(), json!([{}, { "bearerAuth": [] }]));
         if method == "post" {
             shared.extend([
                 ("400", problem("Malformed JSON or an invalid Idempotency-Key")),

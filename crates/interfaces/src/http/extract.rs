@@ -1,12 +1,17 @@
 //! Extractors whose every rejection is a problem+json response, and the caller identity.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ferrobank_adapters::oidc::TokenError;
+use ferrobank_domain::Principal;
 use serde::de::DeserializeOwned;
 
-use super::problem::Problem;
+use super::AppState;
+use super::problem::{Challenge, Problem};
 
 /// JSON body. Malformed JSON is 400, a wrong or unknown field 422, a body over the limit
 /// 413, a missing `Content-Type: application/json` 415.
@@ -94,28 +99,109 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Who is calling. Until the identity service lands every caller is anonymous and the
-/// server binds to 127.0.0.1; handlers already take a `Caller` so that token validation
-/// and ownership checks slot in here without touching them.
+/// Who is calling: set once per request by [`authenticate`] from the bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// No authenticated identity.
+    /// Authentication is off (no `[auth] issuer`): today's local, loopback-only mode.
     Anonymous,
+    /// The principal behind a validated access token.
+    User(Principal),
 }
 
 impl Caller {
-    /// The namespace for this caller's idempotency keys.
-    pub fn idempotency_scope(&self) -> &str {
+    /// The namespace for this caller's idempotency keys: one per user, so two users'
+    /// keys never collide.
+    pub fn idempotency_scope(&self) -> String {
         match self {
-            Self::Anonymous => "anonymous",
+            Self::Anonymous => "anonymous".to_owned(),
+            Self::User(principal) => format!("user:{}", principal.subject),
+        }
+    }
+
+    /// The principal the application layer authorizes; `None` when authentication is off.
+    pub fn principal(&self) -> Option<&Principal> {
+        match self {
+            Self::Anonymous => None,
+            Self::User(principal) => Some(principal),
         }
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+/// Middleware of every `/api` operation: with authentication on, validates the bearer
+/// token and records the `Caller` (401 without one or with a bad one, 503 while the
+/// IdP's keys cannot be read); with it off, every caller is `Anonymous`.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match &state.auth {
+        None => Caller::Anonymous,
+        Some(validator) => match bearer_token(request.headers()) {
+            None => {
+                return Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "Authentication required",
+                )
+                .detail("send an access token as Authorization: Bearer <token>")
+                .challenge(Challenge::Bearer)
+                .into_response();
+            }
+            Some(token) => match validator.validate(token).await {
+                Ok(principal) => Caller::User(principal),
+                Err(TokenError::KeysUnavailable) => {
+                    return Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "idp_unavailable",
+                        "Identity provider unavailable",
+                    )
+                    .detail("the token signing keys cannot be read right now; retry shortly")
+                    .retry_after(5)
+                    .into_response();
+                }
+                Err(error) => {
+                    return Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "Invalid access token",
+                    )
+                    .detail(error.to_string())
+                    .challenge(Challenge::InvalidToken)
+                    .into_response();
+                }
+            },
+        },
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self::Anonymous)
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(caller.clone()),
+            None if state.auth.is_none() => Ok(Self::Anonymous),
+            // A route outside `authenticate` must never run as anybody: fail closed.
+            None => Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            )
+            .challenge(Challenge::Bearer)),
+        }
     }
 }

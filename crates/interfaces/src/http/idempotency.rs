@@ -70,7 +70,7 @@ pub async fn idempotency(
     hasher.update([0]);
     hasher.update(&bytes);
     let request_hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let scope = caller.idempotency_scope().to_owned();
+    let scope = caller.idempotency_scope();
     let now_ms = state.clock.now_ms();
     let timeout_ms = i64::try_from(state.limits.request_timeout_ms).unwrap_or(i64::MAX);
     let lease_ms = timeout_ms.saturating_add(LEASE_MARGIN_MS);

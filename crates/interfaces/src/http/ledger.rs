@@ -33,6 +33,7 @@ const MAX_HISTORY_LIMIT: u32 = 500;
     responses(
         (status = 201, description = "Opened", body = AccountDto),
         (status = 200, description = "Already open with the same fields", body = AccountDto),
+        (status = 403, description = "A customer may only open accounts it owns", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Id used with other fields", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -45,11 +46,11 @@ pub async fn open_account(
     // Without a client id, derive one from the idempotency key, so that a retry after a
     // crash between commit and response opens nothing new.
     let fallback_id = match headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok()) {
-        Some(key) => derived_id(caller.idempotency_scope(), key),
+        Some(key) => derived_id(&caller.idempotency_scope(), key),
         None => Uuid::now_v7(),
     };
     let new = body.parse(fallback_id).map_err(Problem::invalid_body)?;
-    Ok(match state.ledger.open_account(new).await? {
+    Ok(match state.ledger.open_account_as(caller.principal(), new).await? {
         OpenOutcome::Created(a) => (StatusCode::CREATED, Json(AccountDto::from(a))).into_response(),
         OpenOutcome::Exists(a) => (StatusCode::OK, Json(AccountDto::from(a))).into_response(),
     })
@@ -71,12 +72,12 @@ fn derived_id(scope: &str, key: &str) -> Uuid {
     ))]
 pub async fn get_account(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
     let account = state
         .ledger
-        .account(AccountId(id))
+        .account_as(caller.principal(), AccountId(id))
         .await?
         .ok_or_else(|| Problem::not_found("the account"))?;
     Ok(Json(AccountDto::from(account)).into_response())
@@ -91,12 +92,12 @@ pub async fn get_account(
     ))]
 pub async fn get_balances(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
     let account = state
         .ledger
-        .account(AccountId(id))
+        .account_as(caller.principal(), AccountId(id))
         .await?
         .ok_or_else(|| Problem::not_found("the account"))?;
     Ok(Json(BalancesDto::from(account.balances)).into_response())
@@ -112,7 +113,7 @@ pub async fn get_balances(
     ))]
 pub async fn get_history(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult {
@@ -130,7 +131,11 @@ pub async fn get_history(
         })
         .transpose()?;
     let account = AccountId(id);
-    state.ledger.account(account).await?.ok_or_else(|| Problem::not_found("the account"))?;
+    state
+        .ledger
+        .account_as(caller.principal(), account)
+        .await?
+        .ok_or_else(|| Problem::not_found("the account"))?;
     let page = state.ledger.history(account, before, limit).await?;
     Ok(Json(HistoryPageDto {
         entries: page
@@ -156,24 +161,30 @@ fn invalid_query(detail: impl Into<String>) -> Problem {
     responses(
         (status = 201, description = "Committed", body = TransferDto),
         (status = 200, description = "Identical transfer already committed", body = TransferDto),
+        (status = 404, description = "Authenticated caller: the debit account or hold does not exist or is not the caller's", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Id used with other fields, or hold already resolved", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Refused (insufficient funds, wrong currency, ...)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Queue full; retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_transfer(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<TransferRequest>,
 ) -> ApiResult {
     let request = body.parse().map_err(Problem::invalid_body)?;
     if request.linked {
         return Err(TransferError::LinkedEventChainOpen.into());
     }
-    single_transfer(&state, request, false).await
+    single_transfer(&state, &caller, request, false).await
 }
 
-async fn single_transfer(state: &AppState, request: NewTransfer, resolving: bool) -> ApiResult {
-    let mut results = state.ledger.create_transfers(vec![request]).await?;
+async fn single_transfer(
+    state: &AppState,
+    caller: &Caller,
+    request: NewTransfer,
+    resolving: bool,
+) -> ApiResult {
+    let mut results = state.ledger.create_transfers_as(caller.principal(), vec![request]).await?;
     match results.pop() {
         Some(Ok(TransferOutcome::Created(t))) => {
             Ok((StatusCode::CREATED, Json(TransferDto::from(&t))).into_response())
@@ -183,6 +194,11 @@ async fn single_transfer(state: &AppState, request: NewTransfer, resolving: bool
         }
         Some(Err(TransferError::PendingTransferNotFound)) if resolving => {
             Err(Problem::not_found("the pending transfer"))
+        }
+        // An authenticated caller cannot tell an account it may not debit from a missing
+        // one: both are 404 (without authentication a missing account stays a 422 refusal).
+        Some(Err(TransferError::DebitAccountNotFound)) if caller.principal().is_some() => {
+            Err(Problem::not_found("the debit account"))
         }
         Some(Err(error)) => Err(error.into()),
         None => Err(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")),
@@ -200,7 +216,7 @@ async fn single_transfer(state: &AppState, request: NewTransfer, resolving: bool
     ))]
 pub async fn create_transfers(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiJson(body): ApiJson<TransferBatchRequest>,
 ) -> ApiResult {
     let max = state.ledger.limits().max_request_transfers;
@@ -218,7 +234,7 @@ pub async fn create_transfers(
         .enumerate()
         .map(|(i, t)| t.parse().map_err(|e| Problem::invalid_body(format!("transfers[{i}]: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
-    let results = state.ledger.create_transfers(requests).await?;
+    let results = state.ledger.create_transfers_as(caller.principal(), requests).await?;
     let results = results
         .into_iter()
         .enumerate()
@@ -250,12 +266,12 @@ pub async fn create_transfers(
     ))]
 pub async fn get_transfer(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
     let transfer = state
         .ledger
-        .transfer(TransferId(id))
+        .transfer_as(caller.principal(), TransferId(id))
         .await?
         .ok_or_else(|| Problem::not_found("the transfer"))?;
     Ok(Json(TransferDto::from(&transfer)).into_response())
@@ -274,12 +290,12 @@ pub async fn get_transfer(
     ))]
 pub async fn post_pending(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ResolveRequest>,
 ) -> ApiResult {
     let kind = TransferKind::PostPending { pending_id: TransferId(id) };
-    resolve(&state, kind, body).await
+    resolve(&state, &caller, kind, body).await
 }
 
 /// Void a hold, releasing the funds.
@@ -294,18 +310,28 @@ pub async fn post_pending(
     ))]
 pub async fn void_pending(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ResolveRequest>,
 ) -> ApiResult {
     let kind = TransferKind::VoidPending { pending_id: TransferId(id) };
-    resolve(&state, kind, body).await
+    resolve(&state, &caller, kind, body).await
 }
 
-async fn resolve(state: &AppState, kind: TransferKind, body: ResolveRequest) -> ApiResult {
+async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    kind: TransferKind,
+    body: ResolveRequest,
+) -> ApiResult {
     let pending = kind.pending_id().map(|id| id.0);
     let code = match pending {
-        Some(id) => state.ledger.transfer(TransferId(id)).await?.map(|t| t.code).unwrap_or(1),
+        Some(id) => state
+            .ledger
+            .transfer_as(caller.principal(), TransferId(id))
+            .await?
+            .map(|t| t.code)
+            .unwrap_or(1),
         None => 1,
     };
     let request = NewTransfer {
@@ -318,5 +344,5 @@ async fn resolve(state: &AppState, kind: TransferKind, body: ResolveRequest) -> 
         kind,
         linked: false,
     };
-    single_transfer(state, request, true).await
+    single_transfer(state, caller, request, true).await
 }

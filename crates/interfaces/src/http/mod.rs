@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::routing::{get, post};
+use ferrobank_adapters::oidc::TokenValidator;
 use ferrobank_application::{Clock, IdempotencyStore, LedgerService};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -52,6 +53,8 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Validates bearer tokens; `None` turns authentication off (every caller anonymous).
+    pub auth: Option<Arc<TokenValidator>>,
 }
 
 /// The whole API.
@@ -66,7 +69,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/transfers/{id}", get(ledger::get_transfer))
         .route("/api/transfers/{id}/post", post(ledger::post_pending))
         .route("/api/transfers/{id}/void", post(ledger::void_pending))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency));
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
+        // Outermost: nothing (not even an idempotency claim) happens for an unknown caller.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), extract::authenticate));
     Router::new()
         .merge(api)
         .route("/api/openapi.json", get(docs::openapi_json))

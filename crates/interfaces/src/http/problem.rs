@@ -35,6 +35,26 @@ pub struct Problem {
     pub request_id: Option<String>,
     #[serde(skip)]
     retry_after_s: Option<u32>,
+    #[serde(skip)]
+    www_authenticate: Option<Challenge>,
+}
+
+/// An RFC 6750 §3 `WWW-Authenticate` challenge of a 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No credentials were sent.
+    Bearer,
+    /// The sent token was refused.
+    InvalidToken,
+}
+
+impl Challenge {
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Challenge::Bearer => "Bearer realm=\"ferrobank\"",
+            Challenge::InvalidToken => "Bearer realm=\"ferrobank\", error=\"invalid_token\"",
+        })
+    }
 }
 
 impl Problem {
@@ -47,6 +67,7 @@ impl Problem {
             detail: None,
             request_id: None,
             retry_after_s: None,
+            www_authenticate: None,
         }
     }
 
@@ -64,6 +85,12 @@ impl Problem {
     /// Asks the client to come back after `seconds` (sets `Retry-After`).
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after_s = Some(seconds);
+        self
+    }
+
+    /// Adds a `WWW-Authenticate` challenge (RFC 6750 §3) to a 401.
+    pub fn challenge(mut self, challenge: Challenge) -> Self {
+        self.www_authenticate = Some(challenge);
         self
     }
 
@@ -89,11 +116,15 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let retry_after = self.retry_after_s;
+        let challenge = self.www_authenticate;
         let mut response = (status, axum::Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge.header_value());
         }
         response
     }
@@ -138,6 +169,8 @@ impl From<LedgerError> for Problem {
                 "Too many transfers",
             )
             .detail(error.to_string()),
+            LedgerError::Forbidden => Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                .detail(error.to_string()),
             LedgerError::AccountExistsWithDifferentFields => Problem::new(
                 StatusCode::CONFLICT,
                 "account_exists_with_different_fields",
