@@ -62,6 +62,27 @@ ensure_schemathesis() {
   fi
 }
 
+# The OpenID provider of the interop test (crates/adapters/tests/oidc_interop.rs): Node.js
+# and the npm packages its lock file pins, installed again when the lock file changes.
+ensure_oidc_provider() {
+  local dir=tests/interop/oidc-provider version
+  if ! command -v node >/dev/null 2>&1; then
+    log "Node.js is not installed: installing it with apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  # oidc-provider 9 uses URL.parse, which Node.js has since 20.18 (and 22.1).
+  version=$(node --version); version=${version#v}
+  if [ "$(printf '%s\n' 20.18.0 "$version" | sort -V | head -n 1)" != 20.18.0 ]; then
+    log "Node.js $version is older than 20.18, which $dir needs"
+    exit 1
+  fi
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    log "installing the interop OpenID provider's npm packages ($dir)"
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+}
+
 # Contract check of the real binary against its own OpenAPI document: no 5xx for any
 # generated input, and every status, content type, header and body as documented.
 api_contract() {
@@ -85,6 +106,7 @@ api_contract() {
 PWD_ROOT=$PWD
 ensure_postgres
 ensure_nextest
+ensure_oidc_provider
 log "running the workspace tests"
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?

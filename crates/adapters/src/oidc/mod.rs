@@ -77,6 +77,7 @@ struct Claims {
     iat: Option<u64>,
     typ: Option<String>,
     azp: Option<String>,
+    client_id: Option<String>,
     scope: Option<String>,
     preferred_username: Option<String>,
     realm_access: Option<RoleList>,
@@ -247,7 +248,10 @@ impl TokenValidator {
             subject,
             username: claims.preferred_username,
             roles,
-            client_id: claims.azp,
+            // RFC 9068 §2.2 makes `client_id` (RFC 8693 §4.3) the access token's claim for
+            // the client; `azp` is OpenID Connect's ID-token claim, which Keycloak also
+            // writes into access tokens. Standard JWT access tokens carry only the former.
+            client_id: claims.client_id.or(claims.azp),
             scopes,
             issuer,
         })
