@@ -6,6 +6,7 @@
 //! access tokens of one OpenID Connect issuer (discovery, a JWKS cache, RFC 8725 checks).
 //! `realm` reads and checks Keycloak realm files, the configuration of the coming provider.
 
+pub mod idp;
 pub mod oidc;
 pub mod realm;
 pub mod sql;

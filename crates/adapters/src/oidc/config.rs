@@ -28,6 +28,22 @@ pub enum SigningAlgorithm {
 }
 
 impl SigningAlgorithm {
+    /// The JWS `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::RS256 => "RS256",
+            SigningAlgorithm::ES256 => "ES256",
+            SigningAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    /// The algorithm with this JWS `alg` name, if ferrobank implements it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+
     pub(crate) fn to_jwt(self) -> Algorithm {
         match self {
             SigningAlgorithm::RS256 => Algorithm::RS256,

@@ -11,10 +11,13 @@ mod model;
 mod validate;
 
 pub use model::{
-    Client, Composites, Credential, Group, PKCE_METHOD_ATTRIBUTE, Realm, Role, Roles, ScopeMapping,
-    Secret, User,
+    AUDIENCE_MAPPER, Client, Composites, Credential, Group, OTP_REQUIRED_ROLES_ATTRIBUTE,
+    PKCE_METHOD_ATTRIBUTE, POST_LOGOUT_REDIRECT_URIS_ATTRIBUTE, ProtocolMapper, Realm, Role, Roles,
+    ScopeMapping, Secret, USE_REFRESH_TOKENS_ATTRIBUTE, User,
 };
-pub use validate::{MAX_FAILURE_FACTOR, PASSWORD_CREDENTIAL, SIGNATURE_ALGORITHMS, validate};
+pub use validate::{
+    MAX_FAILURE_FACTOR, PASSWORD_CREDENTIAL, SIGNATURE_ALGORITHMS, otp_required_roles, validate,
+};
 
 use std::fmt;
 
@@ -204,6 +207,28 @@ pub enum RealmError {
         value: i64,
         /// The accepted range.
         expected: String,
+    },
+    /// A protocol mapper ferrobank does not implement.
+    #[error(
+        "client {client:?}: protocol mapper {name:?} of type {mapper:?} is not supported (only oidc-audience-mapper)"
+    )]
+    UnsupportedMapper {
+        /// The `clientId`.
+        client: String,
+        /// The mapper's name.
+        name: String,
+        /// The mapper's type.
+        mapper: String,
+    },
+    /// An OTP policy setting ferrobank does not implement.
+    #[error("{field} {value:?} is not supported (expected {expected})")]
+    OtpPolicy {
+        /// The realm field.
+        field: &'static str,
+        /// The value in the file.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
     },
     /// `defaultSignatureAlgorithm` is not one ferrobank signs with.
     #[error("defaultSignatureAlgorithm {algorithm:?} is not one of RS256, ES256, EdDSA")]

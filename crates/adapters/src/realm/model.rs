@@ -147,6 +147,23 @@ pub struct Realm {
     /// Keycloak's policy string, e.g. `length(12) and digits(1) and notUsername`.
     pub password_policy: Option<String>,
 
+    /// One-time-password policy: `totp` is the only type ferrobank implements.
+    pub otp_policy_type: Option<String>,
+    /// HMAC of the one-time passwords; ferrobank implements `HmacSHA1` (RFC 6238's default,
+    /// the one every authenticator app supports).
+    pub otp_policy_algorithm: Option<String>,
+    /// Digits per code (6 or 8).
+    pub otp_policy_digits: Option<i64>,
+    /// Seconds per time step.
+    #[serde(rename = "otpPolicyPeriod")]
+    pub otp_policy_period_secs: Option<i64>,
+    /// Codes from this many steps before or after now are accepted too (clock drift).
+    pub otp_policy_look_ahead_window: Option<i64>,
+
+    /// Free-form realm attributes. ferrobank reads [`OTP_REQUIRED_ROLES_ATTRIBUTE`].
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+
     /// Realm roles and client roles.
     #[serde(default)]
     pub roles: Roles,
@@ -310,6 +327,10 @@ pub struct Client {
     pub optional_client_scopes: Vec<String>,
     /// Base URL that relative redirect URIs would be resolved against.
     pub root_url: Option<String>,
+    /// Token mappers; ferrobank implements `oidc-audience-mapper` and refuses others,
+    /// since an unimplemented mapper would silently change what tokens carry.
+    #[serde(default)]
+    pub protocol_mappers: Vec<ProtocolMapper>,
     /// Where the application lives (links from the account console).
     pub base_url: Option<String>,
 }
@@ -317,6 +338,53 @@ pub struct Client {
 /// The client attribute that makes PKCE mandatory (Keycloak's
 /// `OIDCConfigAttributes.PKCE_CODE_CHALLENGE_METHOD`).
 pub const PKCE_METHOD_ATTRIBUTE: &str = "pkce.code.challenge.method";
+
+/// Client attribute with the allowed `post_logout_redirect_uri`s, `##`-separated (Keycloak's
+/// `OIDCConfigAttributes.POST_LOGOUT_REDIRECT_URIS`).
+pub const POST_LOGOUT_REDIRECT_URIS_ATTRIBUTE: &str = "post.logout.redirect.uris";
+
+/// Client attribute: whether the code flow also issues refresh tokens (default true).
+pub const USE_REFRESH_TOKENS_ATTRIBUTE: &str = "use.refresh.tokens";
+
+/// Realm attribute (ferrobank's; Keycloak ignores it and needs a conditional-OTP flow for
+/// the same effect): comma-separated realm roles whose holders must use a TOTP second factor.
+pub const OTP_REQUIRED_ROLES_ATTRIBUTE: &str = "ferrobank.otp.required.roles";
+
+/// The protocol mapper type that adds an audience (`aud`) to tokens.
+pub const AUDIENCE_MAPPER: &str = "oidc-audience-mapper";
+
+/// A protocol mapper (`ProtocolMapperRepresentation`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolMapper {
+    /// Display name.
+    pub name: String,
+    /// `openid-connect`.
+    pub protocol: Option<String>,
+    /// Mapper type, e.g. `oidc-audience-mapper`.
+    pub protocol_mapper: String,
+    /// Whether the user must consent (unused by ferrobank; accepted for compatibility).
+    pub consent_required: Option<bool>,
+    /// Mapper settings, e.g. `included.custom.audience`, `access.token.claim`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+impl ProtocolMapper {
+    /// The audience an audience mapper adds to access tokens, if it does.
+    pub fn access_token_audience(&self) -> Option<&str> {
+        if self.protocol_mapper != AUDIENCE_MAPPER
+            || self.config.get("access.token.claim").map(String::as_str) == Some("false")
+        {
+            return None;
+        }
+        self.config
+            .get("included.custom.audience")
+            .or_else(|| self.config.get("included.client.audience"))
+            .map(String::as_str)
+            .filter(|audience| !audience.is_empty())
+    }
+}
 
 impl Client {
     /// The PKCE method this client must use, if any.
@@ -327,6 +395,19 @@ impl Client {
     /// Whether the authorization code flow is on; Keycloak enables it when absent.
     pub fn standard_flow(&self) -> bool {
         self.standard_flow_enabled.unwrap_or(true)
+    }
+
+    /// The allowed `post_logout_redirect_uri`s (`post.logout.redirect.uris`).
+    pub fn post_logout_redirect_uris(&self) -> Vec<String> {
+        self.attributes
+            .get(POST_LOGOUT_REDIRECT_URIS_ATTRIBUTE)
+            .map(|uris| uris.split("##").filter(|u| !u.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the code flow issues refresh tokens (`use.refresh.tokens`, default true).
+    pub fn use_refresh_tokens(&self) -> bool {
+        self.attributes.get(USE_REFRESH_TOKENS_ATTRIBUTE).map(String::as_str) != Some("false")
     }
 
     /// Whether the client authenticates (neither public nor bearer-only).

@@ -26,6 +26,7 @@ pub fn validate(realm: &Realm) -> Result<(), Vec<RealmError>> {
     check_signature(realm, &mut errors);
     check_lifetimes(realm, &mut errors);
     check_brute_force(realm, &mut errors);
+    check_otp_policy(realm, &mut errors);
 
     let realm_roles = realm_roles(realm, &mut errors);
     let client_ids = client_ids(realm, &mut errors);
@@ -61,8 +62,38 @@ pub fn validate(realm: &Realm) -> Result<(), Vec<RealmError>> {
         refs.check_realm_roles(&mapping.roles, &format!("{at}.roles"), &mut errors);
     }
     check_users(realm, &refs, &client_ids, &paths, &mut errors);
+    if let Some(roles) = realm.attributes.get(super::OTP_REQUIRED_ROLES_ATTRIBUTE) {
+        let at = format!("attributes.{}", super::OTP_REQUIRED_ROLES_ATTRIBUTE);
+        refs.check_realm_roles(&otp_required_roles(roles), &at, &mut errors);
+    }
 
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// The realm roles named by the OTP-required attribute (comma-separated).
+pub fn otp_required_roles(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect()
+}
+
+fn check_otp_policy(realm: &Realm, errors: &mut Vec<RealmError>) {
+    let mut refuse = |field, value: String, expected| {
+        errors.push(RealmError::OtpPolicy { field, value, expected });
+    };
+    if let Some(kind) = realm.otp_policy_type.as_deref().filter(|kind| *kind != "totp") {
+        refuse("otpPolicyType", kind.to_owned(), "totp");
+    }
+    if let Some(alg) = realm.otp_policy_algorithm.as_deref().filter(|alg| *alg != "HmacSHA1") {
+        refuse("otpPolicyAlgorithm", alg.to_owned(), "HmacSHA1");
+    }
+    if let Some(digits) = realm.otp_policy_digits.filter(|d| *d != 6 && *d != 8) {
+        refuse("otpPolicyDigits", digits.to_string(), "6 or 8");
+    }
+    if let Some(period) = realm.otp_policy_period_secs.filter(|p| !(15..=120).contains(p)) {
+        refuse("otpPolicyPeriod", period.to_string(), "between 15 and 120");
+    }
+    if let Some(window) = realm.otp_policy_look_ahead_window.filter(|w| !(0..=3).contains(w)) {
+        refuse("otpPolicyLookAheadWindow", window.to_string(), "between 0 and 3");
+    }
 }
 
 fn check_signature(realm: &Realm, errors: &mut Vec<RealmError>) {
@@ -244,6 +275,15 @@ fn walk_groups(
 
 fn check_client(client: &Client, errors: &mut Vec<RealmError>) {
     let id = &client.client_id;
+    for mapper in &client.protocol_mappers {
+        if mapper.protocol_mapper != super::AUDIENCE_MAPPER {
+            errors.push(RealmError::UnsupportedMapper {
+                client: id.clone(),
+                name: mapper.name.clone(),
+                mapper: mapper.protocol_mapper.clone(),
+            });
+        }
+    }
     for (flag, value) in [
         ("implicitFlowEnabled", client.implicit_flow_enabled),
         ("directAccessGrantsEnabled", client.direct_access_grants_enabled),

@@ -1,8 +1,11 @@
 //! The SQL store: connection, migrations and error mapping.
 
 mod idempotency;
+mod identity;
 mod ledger;
 mod rows;
+
+pub use identity::{StoredKey, StoredRealm};
 
 use std::time::Duration;
 
@@ -62,20 +65,34 @@ struct Migration {
     sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../migrations/sqlite/0001_ledger.sql"),
-}];
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../migrations/sqlite/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "identity",
+        sql: include_str!("../../migrations/sqlite/0002_identity.sql"),
+    },
+];
 
-const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
-}];
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../migrations/postgres/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "identity",
+        sql: include_str!("../../migrations/postgres/0002_identity.sql"),
+    },
+];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The ledger and idempotency stores over one connection pool.
 #[derive(Debug, Clone)]

@@ -178,7 +178,7 @@ pub async fn authenticate(
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

@@ -4,6 +4,7 @@ mod docs;
 pub mod dto;
 pub mod extract;
 pub mod idempotency;
+mod idp;
 mod ledger;
 mod observe;
 pub mod problem;
@@ -14,6 +15,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use axum::routing::{get, post};
+use ferrobank_adapters::idp::IdentityProvider;
 use ferrobank_adapters::oidc::TokenValidator;
 use ferrobank_application::{Clock, IdempotencyStore, LedgerService};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Validates bearer tokens; `None` turns authentication off (every caller anonymous).
     pub auth: Option<Arc<TokenValidator>>,
+    /// The built-in identity provider, when this process runs it.
+    pub idp: Option<Arc<IdentityProvider>>,
 }
 
 /// The whole API.
@@ -74,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), extract::authenticate));
     Router::new()
         .merge(api)
+        .merge(idp::routes())
         .route("/api/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::docs_page))
         .route("/health", get(observe::health))

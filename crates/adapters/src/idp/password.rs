@@ -1,0 +1,239 @@
+//! Password hashing (argon2id with OWASP's parameters) and the realm's password policy.
+
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+/// OWASP Password Storage Cheat Sheet, Argon2id: "a minimum configuration of 19 MiB of
+/// memory, an iteration count of 2, and 1 degree of parallelism".
+const MEMORY_KIB: u32 = 19 * 1024;
+const ITERATIONS: u32 = 2;
+const PARALLELISM: u32 = 1;
+
+/// Longest password accepted at login, in bytes: hashing is the expensive part of a login,
+/// and nobody's password is longer (the banking realm's policy says 128 characters).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+fn argon2() -> Argon2<'static> {
+    // The parameters are constants within argon2's documented bounds.
+    let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A hash of a password nobody has: unknown users are checked against it, so a login for
+/// a user who does not exist costs the same time as one for a user who does.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| hash_blocking("ferrobank-dummy-password").unwrap_or_default());
+
+/// Hashes a password (PHC string, argon2id). Blocking: ~tens of milliseconds of CPU.
+pub fn hash_blocking(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches `phc` (constant-time comparison inside argon2). A missing
+/// hash is checked against [`DUMMY_HASH`] and never matches. Blocking.
+pub fn verify_blocking(password: &str, phc: Option<&str>) -> bool {
+    let (stored, real) = match phc {
+        Some(phc) => (phc, true),
+        None => (DUMMY_HASH.as_str(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(stored) else { return false };
+    argon2().verify_password(password.as_bytes(), &parsed).is_ok() && real
+}
+
+/// Runs argon2 off the async runtime, at most one per core at a time: each takes 19 MiB,
+/// so a flood of logins queues instead of exhausting memory.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    permits: Arc<Semaphore>,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { permits: Arc::new(Semaphore::new(cores)) }
+    }
+}
+
+impl Hasher {
+    /// Hashes `password`.
+    pub async fn hash(&self, password: String) -> Result<String, String> {
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || hash_blocking(&password))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Checks `password` against `phc` (or the dummy hash when `None`).
+    pub async fn verify(&self, password: String, phc: Option<String>) -> bool {
+        let Ok(_permit) = self.permits.acquire().await else { return false };
+        tokio::task::spawn_blocking(move || verify_blocking(&password, phc.as_deref()))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// One rule of a Keycloak password policy string (`length(12) and digits(1) and ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyRule {
+    /// At least n characters.
+    Length(usize),
+    /// At most n characters.
+    MaxLength(usize),
+    /// At least n upper-case letters.
+    UpperCase(usize),
+    /// At least n lower-case letters.
+    LowerCase(usize),
+    /// At least n digits.
+    Digits(usize),
+    /// At least n characters that are neither letters nor digits.
+    SpecialChars(usize),
+    /// Not equal to the username.
+    NotUsername,
+    /// Not equal to the email address.
+    NotEmail,
+    /// Not one of the last n passwords.
+    PasswordHistory(usize),
+}
+
+/// A realm's password policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PasswordPolicy {
+    /// The rules, in the policy string's order.
+    pub rules: Vec<PolicyRule>,
+}
+
+impl PasswordPolicy {
+    /// Parses Keycloak's `passwordPolicy` string; an unknown rule is an error (a policy
+    /// that is silently not enforced would be worse than none).
+    pub fn parse(policy: &str) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        for part in policy.split(" and ").map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, arg) = match part.split_once('(') {
+                Some((name, rest)) => (name, Some(rest.trim_end_matches(')'))),
+                None => (part, None),
+            };
+            let n = |default: usize| -> Result<usize, String> {
+                match arg {
+                    None => Ok(default),
+                    Some(arg) => arg
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("password policy {part:?}: not a number")),
+                }
+            };
+            rules.push(match name {
+                "length" => PolicyRule::Length(n(8)?),
+                "maxLength" => PolicyRule::MaxLength(n(64)?),
+                "upperCase" => PolicyRule::UpperCase(n(1)?),
+                "lowerCase" => PolicyRule::LowerCase(n(1)?),
+                "digits" => PolicyRule::Digits(n(1)?),
+                "specialChars" => PolicyRule::SpecialChars(n(1)?),
+                "notUsername" => PolicyRule::NotUsername,
+                "notEmail" => PolicyRule::NotEmail,
+                "passwordHistory" => PolicyRule::PasswordHistory(n(3)?),
+                other => return Err(format!("password policy {other:?} is not supported")),
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    /// How many previous password hashes to keep.
+    pub fn history(&self) -> usize {
+        self.rules
+            .iter()
+            .find_map(|r| match r {
+                PolicyRule::PasswordHistory(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// The first rule `password` breaks, as a message for the user. History is checked by
+    /// the caller (it needs the old hashes).
+    pub fn check(&self, password: &str, username: &str, email: Option<&str>) -> Result<(), String> {
+        let count = |f: fn(&char) -> bool| password.chars().filter(f).count();
+        for rule in &self.rules {
+            let broken = match *rule {
+                PolicyRule::Length(n) if password.chars().count() < n => {
+                    Some(format!("must be at least {n} characters long"))
+                }
+                PolicyRule::MaxLength(n) if password.chars().count() > n => {
+                    Some(format!("must be at most {n} characters long"))
+                }
+                PolicyRule::UpperCase(n) if count(|c| c.is_uppercase()) < n => {
+                    Some(format!("must contain at least {n} upper-case letter(s)"))
+                }
+                PolicyRule::LowerCase(n) if count(|c| c.is_lowercase()) < n => {
+                    Some(format!("must contain at least {n} lower-case letter(s)"))
+                }
+                PolicyRule::Digits(n) if count(|c| c.is_ascii_digit()) < n => {
+                    Some(format!("must contain at least {n} digit(s)"))
+                }
+                PolicyRule::SpecialChars(n) if count(|c| !c.is_alphanumeric()) < n => {
+                    Some(format!("must contain at least {n} special character(s)"))
+                }
+                PolicyRule::NotUsername if password.eq_ignore_ascii_case(username) => {
+                    Some("must not be the username".to_owned())
+                }
+                PolicyRule::NotEmail
+                    if email.is_some_and(|email| password.eq_ignore_ascii_case(email)) =>
+                {
+                    Some("must not be the email address".to_owned())
+                }
+                _ => None,
+            };
+            if let Some(message) = broken {
+                return Err(format!("The password {message}."));
+            }
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(format!("The password must be at most {MAX_PASSWORD_BYTES} bytes long."));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BANKING: &str = "length(12) and maxLength(128) and upperCase(1) and lowerCase(1) and \
+        digits(1) and specialChars(1) and notUsername and notEmail and passwordHistory(5)";
+
+    #[test]
+    fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let phc = hash_blocking("Correct-Horse-9").unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(verify_blocking("Correct-Horse-9", Some(&phc)));
+        assert!(!verify_blocking("correct-horse-9", Some(&phc)));
+        assert!(!verify_blocking("ferrobank-dummy-password", None), "the dummy never matches");
+        assert!(!verify_blocking("x", Some("not a phc string")));
+    }
+
+    #[test]
+    fn the_banking_policy_is_parsed_and_enforced() {
+        let policy = PasswordPolicy::parse(BANKING).unwrap();
+        assert_eq!(policy.history(), 5);
+        let check = |p: &str| policy.check(p, "alice.smith", Some("alice@bank.example"));
+        assert!(check("Str0ng!Passw0rd").is_ok());
+        assert!(check("Sh0rt!").unwrap_err().contains("at least 12"));
+        assert!(check("nouppercase1!x").unwrap_err().contains("upper-case"));
+        assert!(check("NOLOWERCASE1!X").unwrap_err().contains("lower-case"));
+        assert!(check("NoDigitsHere!!").unwrap_err().contains("digit"));
+        assert!(check("NoSpecials123x").unwrap_err().contains("special"));
+        let policy = PasswordPolicy::parse("notUsername").unwrap();
+        assert!(policy.check("Alice.Smith", "alice.smith", None).is_err());
+        assert!(PasswordPolicy::parse("hashAlgorithm(md5)").is_err());
+        assert!(PasswordPolicy::parse("length(x)").is_err());
+    }
+}
