@@ -136,7 +136,7 @@ fn unknown_fields_are_reported_with_their_path() {
     let json = r#"{
         "realm": "r",
         "someRealmThing": 1,
-        "clients": [{"clientId": "c", "fooBar": true, "protocolMappers": []}],
+        "clients": [{"clientId": "c", "fooBar": true, "authenticationFlowBindingOverrides": {}}],
         "users": [{"username": "u", "credentials": [{"type": "password", "hashIterations": 1}]}],
         "groups": [{"name": "g", "subGroups": [{"name": "h", "extra": {"a": 1}}]}],
         "roles": {"realm": [{"name": "x", "id": "ignored-by-design"}], "application": {}}
@@ -148,8 +148,8 @@ fn unknown_fields_are_reported_with_their_path() {
     assert_eq!(
         paths,
         [
+            "clients[0].authenticationFlowBindingOverrides",
             "clients[0].fooBar",
-            "clients[0].protocolMappers",
             "groups[0].subGroups[0].extra",
             "roles.application",
             "someRealmThing",

@@ -34,6 +34,9 @@ enum Command {
         /// Do not create the demo accounts.
         #[arg(long)]
         no_demo: bool,
+        /// Keycloak realm file to import at start (repeatable); default: the banking realm.
+        #[arg(long = "realm-file")]
+        realm_files: Vec<PathBuf>,
     },
     /// Run the given roles (default: every implemented role) against an existing schema.
     Serve {
@@ -47,6 +50,9 @@ enum Command {
         /// Apply pending migrations first instead of refusing to start.
         #[arg(long)]
         migrate: bool,
+        /// Keycloak realm file to import at start (repeatable); default: the banking realm.
+        #[arg(long = "realm-file")]
+        realm_files: Vec<PathBuf>,
     },
     /// Apply pending database migrations.
     Migrate {
@@ -57,6 +63,11 @@ enum Command {
     Config {
         #[command(flatten)]
         location: Location,
+    },
+    /// Identity provider tools.
+    Realm {
+        #[command(subcommand)]
+        command: RealmCommand,
     },
     /// Ledger operator tools.
     Ledger {
@@ -79,6 +90,21 @@ enum LedgerCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RealmCommand {
+    /// Import a Keycloak realm export into the built-in provider. Re-importing updates the
+    /// realm declaratively; a running server picks the change up at its next start.
+    Import {
+        /// The realm file (Keycloak's `RealmRepresentation` JSON).
+        file: PathBuf,
+        /// Print what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
 /// Where the database is; found the same way by every command.
 #[derive(Debug, Clone, Args)]
 struct Location {
@@ -96,6 +122,7 @@ impl Location {
             listen,
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            identity: None,
         }
     }
 }
@@ -105,20 +132,22 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, String> {
         let config_file = self.config.as_deref();
         match self.command {
-            Command::Up { location, listen, no_demo } => {
-                let config = Config::load(config_file, &location.overrides(listen))?;
+            Command::Up { location, listen, no_demo, realm_files } => {
+                let config =
+                    Config::load(config_file, &location.overrides(listen).realms(realm_files))?;
                 init_logging(&config);
                 let store = open_store(&config, true).await?;
                 crate::server::serve(config, store, !no_demo).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Serve { roles, location, listen, migrate } => {
+            Command::Serve { roles, location, listen, migrate, realm_files } => {
                 if let Some(unknown) = roles.iter().find(|r| r.as_str() != "accounts") {
                     return Err(format!(
                         "unknown or not yet implemented role `{unknown}`; available: accounts"
                     ));
                 }
-                let config = Config::load(config_file, &location.overrides(listen))?;
+                let overrides = location.overrides(listen).realms(realm_files);
+                let config = Config::load(config_file, &overrides)?;
                 init_logging(&config);
                 let store = open_store(&config, migrate).await?;
                 crate::server::serve(config, store, false).await?;
@@ -142,9 +171,48 @@ impl Cli {
                 let store = open_store(&config, false).await?;
                 verify(&store).await
             }
+            Command::Realm { command: RealmCommand::Import { file, dry_run, location } } => {
+                let config = Config::load(config_file, &location.overrides(None))?;
+                let store = open_store(&config, true).await?;
+                import_realm(&config, store, &file, dry_run).await
+            }
             Command::Bench { scenario } => scenario.run().await,
         }
     }
+}
+
+async fn import_realm(
+    config: &Config,
+    store: SqlStore,
+    file: &std::path::Path,
+    dry_run: bool,
+) -> Result<ExitCode, String> {
+    let model = crate::identity::read_realm(file)?;
+    let clock = std::sync::Arc::new(ferrobank_application::SystemClock);
+    let url = crate::identity::public_url(config, config.listen);
+    let idp = ferrobank_adapters::idp::IdentityProvider::load(store, clock, &url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let imported = idp
+        .import_realm(&model, &crate::identity::import_options(config), dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    let verb = if dry_run { "would change" } else { "changed" };
+    if imported.changes.is_empty() {
+        println!("realm {}: up to date, nothing to change", model.realm);
+    } else {
+        println!("realm {}: {verb} {} item(s)", model.realm, imported.changes.len());
+        for change in &imported.changes {
+            println!("  {change}");
+        }
+    }
+    for secret in &imported.generated {
+        match dry_run {
+            true => println!("  would generate {}", secret.what),
+            false => println!("  generated {} (shown once): {}", secret.what, secret.value),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn connect(config: &Config) -> Result<SqlStore, String> {

@@ -32,8 +32,11 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
-    /// Bearer-token authentication of `/api`; off unless `issuer` is set.
+    /// Bearer-token authentication of `/api`: the built-in provider's issuer unless
+    /// `issuer` names another (e.g. Keycloak).
     pub auth: AuthConfig,
+    /// The built-in OpenID Connect provider.
+    pub identity: IdentityConfig,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -70,6 +73,43 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Request timeout in milliseconds.
     pub request_timeout_ms: u64,
+}
+
+/// The built-in identity provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Run the provider in this process (its realms at `/realms/{realm}`). Off, with no
+    /// `auth.issuer`, the API runs unauthenticated (loopback development only).
+    pub enabled: bool,
+    /// The URL browsers and services reach this server at; default `http://{listen}`.
+    /// Issuers are `{public_url}/realms/{realm}`. Never taken from request headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Keycloak realm files imported (declaratively) at start; none: the built-in
+    /// `banking` realm (deploy/keycloak/banking-realm.json).
+    pub realm_files: Vec<PathBuf>,
+    /// The realm whose tokens the API accepts when `auth.issuer` is unset.
+    pub realm: String,
+    /// Password given to users created without one (else random, printed once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_password: Option<String>,
+    /// Secret given to confidential clients without one (else random, printed once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev_client_secret: Option<String>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            public_url: None,
+            realm_files: Vec::new(),
+            realm: "banking".into(),
+            dev_password: None,
+            dev_client_secret: None,
+        }
+    }
 }
 
 /// Bearer-token authentication (OpenID Connect access tokens of one issuer).
@@ -133,6 +173,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            identity: IdentityConfig::default(),
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -194,6 +235,26 @@ pub struct Overrides {
     /// `--database-url`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// `--realm-file` (repeatable)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityOverrides>,
+}
+
+impl Overrides {
+    /// With `--realm-file` values (none: the configured ones stay).
+    pub fn realms(mut self, realm_files: Vec<PathBuf>) -> Self {
+        if !realm_files.is_empty() {
+            self.identity = Some(IdentityOverrides { realm_files });
+        }
+        self
+    }
+}
+
+/// Command-line values of `[identity]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdentityOverrides {
+    /// `--realm-file`
+    pub realm_files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -235,6 +296,11 @@ impl Config {
         {
             return Err("database_url must start with postgres:// or sqlite://".into());
         }
+        if let Some(url) = &self.identity.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("identity.public_url must start with http:// or https://".into());
+        }
         if let Some(oidc) = self.auth.oidc() {
             oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
@@ -253,6 +319,11 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(redact_url);
+        for secret in [&mut shown.identity.dev_password, &mut shown.identity.dev_client_secret] {
+            if secret.is_some() {
+                *secret = Some("***".into());
+            }
+        }
         toml_string(&shown)
     }
 }

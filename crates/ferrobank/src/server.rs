@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobank_adapters::SqlStore;
-use ferrobank_adapters::oidc::TokenValidator;
+use ferrobank_adapters::idp::{Generated, IdentityProvider};
+use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use tokio::sync::oneshot;
@@ -15,8 +16,8 @@ use crate::config::Config;
 
 /// Idempotency keys are kept this long, then purged.
 const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
-/// How often old idempotency keys are purged.
-const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+/// How often old idempotency keys and expired identity sessions are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A server running in the background.
 #[derive(Debug)]
@@ -25,6 +26,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The ledger service the server uses (for seeding and tests).
     pub ledger: LedgerService,
+    /// The built-in identity provider, when it runs.
+    pub idp: Option<Arc<IdentityProvider>>,
+    /// Secrets the realm import generated (print them once).
+    pub generated: Vec<Generated>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     writer: JoinHandle<()>,
@@ -44,24 +49,59 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
     let store = Arc::new(store);
     let (ledger, writer) = LedgerService::start(store.clone(), clock.clone(), limits);
     let idempotency: Arc<dyn IdempotencyStore> = store.clone();
-    let auth = match config.auth.oidc() {
-        None => None,
-        Some(oidc) => {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("binding {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (idp, generated) = match config.identity.enabled {
+        false => (None, Vec::new()),
+        true => {
+            let (idp, generated) =
+                crate::identity::start(config, &store, clock.clone(), addr).await?;
+            (Some(idp), generated)
+        }
+    };
+    let oidc = match (config.auth.oidc(), &idp) {
+        (Some(oidc), _) => Some((oidc, true)),
+        // The built-in provider's realm, reached over loopback like any issuer: the
+        // services trust it through the same discovery and JWKS as they would Keycloak.
+        (None, Some(idp)) => Some((
+            OidcConfig {
+                algorithms: config.auth.algorithms.clone(),
+                leeway_s: config.auth.leeway_s,
+                ..OidcConfig::new(idp.issuer(&config.identity.realm), config.auth.audiences.clone())
+            },
+            false,
+        )),
+        (None, None) => None,
+    };
+    let auth = match oidc {
+        None => {
+            tracing::warn!("authentication is off: no [auth] issuer and no built-in provider");
+            None
+        }
+        Some((oidc, external)) => {
             let validator = TokenValidator::new(&oidc).map_err(|e| format!("auth: {e}"))?;
             // An unreachable IdP must not keep the ledger down: tokens get 503/401 until
-            // the keys can be read, and the validator keeps retrying on use.
-            match validator.warm_up().await {
-                Ok(()) => tracing::info!(issuer = %oidc.issuer, "bearer-token authentication on"),
-                Err(error) => tracing::warn!(
-                    issuer = %oidc.issuer, %error,
-                    "bearer-token authentication on, but the issuer cannot be read yet"
-                ),
+            // the keys can be read, and the validator keeps retrying on use. The built-in
+            // one is served by this very server, which is not accepting yet.
+            if external {
+                match validator.warm_up().await {
+                    Ok(()) => {
+                        tracing::info!(issuer = %oidc.issuer, "bearer-token authentication on")
+                    }
+                    Err(error) => tracing::warn!(
+                        issuer = %oidc.issuer, %error,
+                        "bearer-token authentication on, but the issuer cannot be read yet"
+                    ),
+                }
             }
             Some(Arc::new(validator))
         }
     };
     let state = AppState {
         auth,
+        idp: idp.clone(),
         ledger: ledger.clone(),
         idempotency: idempotency.clone(),
         clock: clock.clone(),
@@ -71,10 +111,6 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
         },
         metrics: metrics_handle(),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("binding {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (shutdown, stopped) = oneshot::channel::<()>();
     let app = router(state);
     let server = tokio::spawn(async move {
@@ -84,10 +120,16 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
             })
             .await
     });
+    let idp_purge = idp.clone();
     let purge = tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
         loop {
             tick.tick().await;
+            if let Some(idp) = &idp_purge
+                && let Err(error) = idp.purge().await
+            {
+                tracing::warn!(%error, "purging expired identity sessions failed");
+            }
             let before_ms = clock.now_ms() - IDEMPOTENCY_RETENTION_MS;
             if let Err(error) = idempotency.purge(before_ms).await {
                 tracing::warn!(%error, "purging old idempotency keys failed");
@@ -97,6 +139,8 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
     Ok(Running {
         addr,
         ledger,
+        idp,
+        generated,
         shutdown,
         server,
         writer,
@@ -139,8 +183,11 @@ pub async fn serve(config: Config, store: SqlStore, demo: bool) -> Result<(), St
     println!("  OpenAPI    {base}/api/openapi.json");
     println!("  health     {base}/health   ready {base}/ready   metrics {base}/metrics");
     println!("  database   {database}");
+    if let Some(idp) = &running.idp {
+        crate::identity::print_login_help(idp, &config, &running.generated);
+    }
     if demo {
-        let accounts = crate::demo::seed(&running.ledger).await?;
+        let accounts = crate::demo::seed(&running.ledger, running.idp.as_deref(), &config).await?;
         println!("  demo accounts (EUR, amounts in cents):");
         for (name, id) in accounts {
             println!("    {name:<6} {base}/api/accounts/{id}");

@@ -58,23 +58,15 @@ pub struct TestApp {
     db: TestDatabase,
 }
 
-/// Starts the real router on `127.0.0.1:0` over a fresh, migrated database.
+/// Password of every user the built-in provider creates in tests (meets the realm policy).
+pub const TEST_PASSWORD: &str = "Test-Passw0rd-1234";
+/// Secret of every confidential client in tests.
+pub const TEST_CLIENT_SECRET: &str = "test-client-secret-0123456789abcdef";
+
+/// Starts the real router on `127.0.0.1:0` over a fresh, migrated database, without
+/// authentication (the built-in provider off, no issuer): the ledger's own tests.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let db = TestDatabase::new(backend).await;
-    let store = db.store().await;
-    let config = Config {
-        listen: ([127, 0, 0, 1], 0).into(),
-        database_url: Some(db.url.clone()),
-        ..Config::default()
-    };
-    let running = server::start(&config, store.clone()).await.unwrap();
-    TestApp {
-        address: format!("http://{}", running.addr),
-        client: client(),
-        store,
-        running: Some(running),
-        db,
-    }
+    spawn_configured(backend, |config| config.identity.enabled = false).await
 }
 
 /// Starts the real router like [`spawn_app`], with bearer-token authentication against `idp`.
@@ -84,6 +76,25 @@ pub async fn spawn_app_with_auth(backend: Backend, idp: &TestIdp) -> TestApp {
 
 /// Starts the real router with authentication against whatever answers at `issuer`.
 pub async fn spawn_app_with_issuer(backend: Backend, issuer: &str) -> TestApp {
+    spawn_configured(backend, |config| {
+        config.identity.enabled = false;
+        config.auth.issuer = Some(issuer.to_owned());
+    })
+    .await
+}
+
+/// Starts the real router as `ferrobank up` does: the built-in provider with the banking
+/// realm, and the API trusting it; known dev secrets ([`TEST_PASSWORD`], [`TEST_CLIENT_SECRET`]).
+pub async fn spawn_app_with_idp(backend: Backend) -> TestApp {
+    spawn_configured(backend, |config| {
+        config.identity.dev_password = Some(TEST_PASSWORD.into());
+        config.identity.dev_client_secret = Some(TEST_CLIENT_SECRET.into());
+    })
+    .await
+}
+
+/// Starts the real router with the default test configuration changed by `configure`.
+pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
     let mut config = Config {
@@ -91,7 +102,7 @@ pub async fn spawn_app_with_issuer(backend: Backend, issuer: &str) -> TestApp {
         database_url: Some(db.url.clone()),
         ..Config::default()
     };
-    config.auth.issuer = Some(issuer.to_owned());
+    configure(&mut config);
     let running = server::start(&config, store.clone()).await.unwrap();
     TestApp {
         address: format!("http://{}", running.addr),
@@ -267,6 +278,14 @@ pub struct AccountSpec {
 }
 
 impl TestApp {
+    /// The built-in identity provider (panics when the app runs without one).
+    pub fn idp(&self) -> std::sync::Arc<ferrobank_adapters::idp::IdentityProvider> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.idp.clone())
+            .expect("the app runs the built-in provider")
+    }
+
     /// `GET {path}`.
     pub async fn get(&self, path: &str) -> Reply {
         let response = self.client.get(format!("{}{path}", self.address)).send().await.unwrap();
