@@ -53,6 +53,8 @@ async fn start_server(url: &str, workdir: &Path, log: &Path) -> Server {
         // Keys cut by the kill are held for the request timeout plus 5 s; a short timeout
         // keeps the retry phase short.
         .env("FERROBANK_HTTP__REQUEST_TIMEOUT_MS", REQUEST_TIMEOUT_MS)
+        // This test is about the ledger's durability; authentication has its own tests.
+        .env("FERROBANK_IDENTITY__ENABLED", "false")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)
