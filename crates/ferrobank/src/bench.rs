@@ -1,22 +1,35 @@
-//! `ferrobank bench <scenario>`: load generators against a running server, printing
-//! throughput and latency percentiles. Peer baselines live in `bench/*.sh`.
+//! `ferrobank bench <scenario>`: load generators against a running server (or, for `idp`,
+//! the app started in-process), printing throughput and latency percentiles. Peer baselines
+//! live in `bench/*.sh`.
 // Rates and percentiles are reporting figures, not money.
 #![allow(clippy::float_arithmetic, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use ferrobank_adapters::idp::{NewUser, random_password};
+use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use hdrhistogram::Histogram;
-use serde_json::json;
+use reqwest::header;
+use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::config::{Config, DEFAULT_AUDIENCE, IdentityConfig};
 
 /// A benchmark scenario.
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
     /// Transfers through the HTTP API between random accounts (or a few hot ones).
     Ledger(LedgerBench),
+    /// The built-in identity provider, started in-process: client-credentials grants,
+    /// password logins, token validations in the library, memory. With `--cc-only
+    /// --token-url`, the same client-credentials load against any token endpoint.
+    Idp(IdpBench),
 }
 
 /// Options of `bench ledger`.
@@ -47,6 +60,7 @@ impl Scenario {
     pub async fn run(self) -> Result<ExitCode, String> {
         match self {
             Self::Ledger(bench) => bench.run().await,
+            Self::Idp(bench) => bench.run().await,
         }
     }
 }

@@ -54,6 +54,7 @@ pub struct TestApp {
     /// The store the server uses (a clone of its pool), for `verify`.
     pub store: SqlStore,
     running: Option<Running>,
+    config: Config,
     // Declared last: dropped after the server's pool is gone.
     db: TestDatabase,
 }
@@ -85,12 +86,16 @@ pub async fn spawn_app_with_issuer(backend: Backend, issuer: &str) -> TestApp {
 
 /// Starts the real router as `ferrobank up` does: the built-in provider with the banking
 /// realm, and the API trusting it; known dev secrets ([`TEST_PASSWORD`], [`TEST_CLIENT_SECRET`]).
+/// The demo data is seeded (alice and bob, with their accounts).
 pub async fn spawn_app_with_idp(backend: Backend) -> TestApp {
-    spawn_configured(backend, |config| {
+    let app = spawn_configured(backend, |config| {
         config.identity.dev_password = Some(TEST_PASSWORD.into());
         config.identity.dev_client_secret = Some(TEST_CLIENT_SECRET.into());
     })
-    .await
+    .await;
+    let running = app.running.as_ref().unwrap();
+    ferrobank::demo::seed(&running.ledger, running.idp.as_deref(), &app.config).await.unwrap();
+    app
 }
 
 /// Starts the real router with the default test configuration changed by `configure`.
@@ -109,6 +114,7 @@ pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Conf
         client: client(),
         store,
         running: Some(running),
+        config,
         db,
     }
 }
@@ -423,6 +429,18 @@ impl TestApp {
         let reply = self.get("/metrics").await;
         assert_eq!(reply.status, StatusCode::OK);
         reply.text
+    }
+
+    /// Stops the server gracefully and starts it again on the same database (new port).
+    pub async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+        let store = self.db.store().await;
+        let running = server::start(&self.config, store.clone()).await.unwrap();
+        self.address = format!("http://{}", running.addr);
+        self.store = store;
+        self.running = Some(running);
     }
 
     /// Stops the server gracefully.
