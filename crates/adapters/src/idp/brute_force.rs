@@ -54,7 +54,7 @@ impl Failures {
         let quick_ms = i64::try_from(settings.quick_login_check_ms).unwrap_or(i64::MAX);
         let mut wait_s =
             if delta_ms > 0 && delta_ms < quick_ms { settings.min_quick_login_wait_s } else { 0 };
-        if self.count % factor == 0 {
+        if self.count.is_multiple_of(factor) {
             let rounds = u64::from(self.count / factor);
             wait_s = wait_s.max(rounds.saturating_mul(settings.wait_increment_s));
         }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -51,9 +52,15 @@ pub fn routes() -> Router<AppState> {
         .merge(admin::routes())
 }
 
-/// The provider, or 404 when this process does not run one.
-fn provider(state: &AppState) -> Result<Arc<IdentityProvider>, Response> {
-    state.idp.clone().ok_or_else(|| StatusCode::NOT_FOUND.into_response())
+/// The provider; 404 when this process does not run one.
+struct Idp(Arc<IdentityProvider>);
+
+impl FromRequestParts<AppState> for Idp {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, StatusCode> {
+        state.idp.clone().map(Idp).ok_or(StatusCode::NOT_FOUND)
+    }
 }
 
 fn oauth_error(error: &OAuthError, basic_used: bool) -> Response {
@@ -126,11 +133,7 @@ fn realm_ok(realm: &str) -> bool {
         && realm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn discovery(State(state): State<AppState>, Path(realm): Path<String>) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
+async fn discovery(Idp(idp): Idp, Path(realm): Path<String>) -> Response {
     match idp.discovery(&realm) {
         Ok(document) => Json(document).into_response(),
         Err(_) => {
@@ -139,11 +142,7 @@ async fn discovery(State(state): State<AppState>, Path(realm): Path<String>) -> 
     }
 }
 
-async fn certs(State(state): State<AppState>, Path(realm): Path<String>) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
+async fn certs(Idp(idp): Idp, Path(realm): Path<String>) -> Response {
     match idp.jwks(&realm) {
         Ok(jwks) => ([(header::CACHE_CONTROL, "max-age=60")], Json(jwks)).into_response(),
         Err(_) => {
@@ -153,7 +152,7 @@ async fn certs(State(state): State<AppState>, Path(realm): Path<String>) -> Resp
 }
 
 async fn authorize(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     query: Result<Query<AuthorizeRequest>, axum::extract::rejection::QueryRejection>,
@@ -164,11 +163,11 @@ async fn authorize(
             pages::message("Invalid request", "The sign-in link is malformed."),
         );
     };
-    authorize_with(state, realm, headers, request)
+    authorize_with(&idp, realm, headers, request)
 }
 
 async fn authorize_post(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     form: Result<Form<AuthorizeRequest>, FormRejection>,
@@ -179,24 +178,20 @@ async fn authorize_post(
             pages::message("Invalid request", "The sign-in request is malformed."),
         );
     };
-    authorize_with(state, realm, headers, request)
+    authorize_with(&idp, realm, headers, request)
 }
 
 fn authorize_with(
-    state: AppState,
+    idp: &IdentityProvider,
     realm: String,
     headers: HeaderMap,
     request: AuthorizeRequest,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     if !realm_ok(&realm) {
         return html(StatusCode::NOT_FOUND, pages::message("Not found", "Realm not found."));
     }
     let sso = cookie(&headers, SESSION_COOKIE);
-    login_response(&idp, &realm, idp.authorize(&realm, &request, sso.as_deref()))
+    login_response(idp, &realm, idp.authorize(&realm, &request, sso.as_deref()))
 }
 
 fn login_response(idp: &IdentityProvider, realm: &str, outcome: LoginOutcome) -> Response {
@@ -238,16 +233,12 @@ struct LoginQuery {
 }
 
 async fn authenticate(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     let (Ok(Query(query)), Ok(Form(input))) = (query, form) else {
         return html(
             StatusCode::BAD_REQUEST,
@@ -298,15 +289,11 @@ fn oauth_form<T: Default>(form: Result<Form<T>, FormRejection>) -> Result<T, OAu
 }
 
 async fn token(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     form: Result<Form<TokenRequest>, FormRejection>,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     let basic = basic_credentials(&headers);
     let basic_used = headers.contains_key(header::AUTHORIZATION);
     let result = basic.and_then(|basic| {
@@ -344,15 +331,11 @@ fn token_form(
 }
 
 async fn introspect(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     let basic_used = headers.contains_key(header::AUTHORIZATION);
     match token_form(&headers, form).and_then(|(auth, token)| idp.introspect(&realm, &auth, &token))
     {
@@ -362,15 +345,11 @@ async fn introspect(
 }
 
 async fn revoke(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     let basic_used = headers.contains_key(header::AUTHORIZATION);
     match token_form(&headers, form).and_then(|(auth, token)| idp.revoke(&realm, &auth, &token)) {
         Ok(()) => (no_store(), StatusCode::OK).into_response(),
@@ -378,15 +357,7 @@ async fn revoke(
     }
 }
 
-async fn userinfo(
-    State(state): State<AppState>,
-    Path(realm): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
+async fn userinfo(Idp(idp): Idp, Path(realm): Path<String>, headers: HeaderMap) -> Response {
     let claims =
         super::extract::bearer_token(&headers).and_then(|token| idp.userinfo(&realm, token));
     match claims {
@@ -403,7 +374,7 @@ async fn userinfo(
 }
 
 async fn logout(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     query: Result<Query<LogoutRequest>, axum::extract::rejection::QueryRejection>,
@@ -414,11 +385,11 @@ async fn logout(
             pages::message("Invalid request", "The logout link is malformed."),
         );
     };
-    logout_with(state, realm, headers, request)
+    logout_with(&idp, realm, headers, request)
 }
 
 async fn logout_post(
-    State(state): State<AppState>,
+    Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
     form: Result<Form<LogoutRequest>, FormRejection>,
@@ -429,19 +400,15 @@ async fn logout_post(
             pages::message("Invalid request", "The logout request is malformed."),
         );
     };
-    logout_with(state, realm, headers, request)
+    logout_with(&idp, realm, headers, request)
 }
 
 fn logout_with(
-    state: AppState,
+    idp: &IdentityProvider,
     realm: String,
     headers: HeaderMap,
     request: LogoutRequest,
 ) -> Response {
-    let idp = match provider(&state) {
-        Ok(idp) => idp,
-        Err(response) => return response,
-    };
     let sso = cookie(&headers, SESSION_COOKIE);
     let mut response = match idp.logout(&realm, &request, sso.as_deref()) {
         LogoutOutcome::Redirect(location) => Redirect::to(&location).into_response(),
@@ -457,6 +424,6 @@ fn logout_with(
     };
     response
         .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&idp, &realm, SESSION_COOKIE, "", Some(0)));
+        .append(header::SET_COOKIE, set_cookie(idp, &realm, SESSION_COOKIE, "", Some(0)));
     response
 }
