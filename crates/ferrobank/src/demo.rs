@@ -27,7 +27,8 @@ async fn seed_users(idp: &IdentityProvider, config: &Config) -> Result<(), Strin
         if idp.user(realm, id).is_ok() {
             continue;
         }
-        let password = config.identity.dev_password.clone().unwrap_or_else(random_password);
+        let given = config.identity.dev_password.clone();
+        let password = given.clone().unwrap_or_else(random_password);
         let user = NewUser {
             username: username.into(),
             email: Some(format!("{username}@example.com")),
@@ -41,7 +42,11 @@ async fn seed_users(idp: &IdentityProvider, config: &Config) -> Result<(), Strin
             ..NewUser::default()
         };
         match idp.create_user(realm, user).await {
-            Ok(_) => println!("    {:<45} {password}", format!("user {username} password")),
+            // Only a generated password is shown (once); a configured one is known.
+            Ok(_) if given.is_none() => {
+                println!("    {:<45} {password}", format!("user {username} password"));
+            }
+            Ok(_) => {}
             Err(UserError::Conflict(_)) => {}
             Err(error) => return Err(format!("demo user {username}: {error}")),
         }

@@ -181,3 +181,63 @@ async fn ledger_verify_exits_non_zero_with_details_on_a_mismatch(backend: Backen
     assert!(stdout.contains("MISMATCH ledger 978"), "{stdout}");
     store.close().await;
 }
+
+/// `ferrobank realm import`: first import, an idempotent re-import, a dry run that shows the
+/// diff and changes nothing, the declarative update, and a refused realm.
+#[tokio::test]
+async fn realm_import_is_declarative_and_dry_run_shows_the_diff() {
+    let dir = Workdir::new();
+    let realm_file =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/keycloak/banking-realm.json");
+    let import = |file: &str, dry_run: bool| {
+        let mut args = vec!["realm", "import", file, "--data-dir", "data"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let mut command = ferrobank(&args, &dir.0);
+        command.env("FERROBANK_IDENTITY__DEV_CLIENT_SECRET", "cli-test-secret-0123456789");
+        command
+    };
+    let (code, out, err) = run(&mut import(realm_file, false)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("+ realm banking"), "{out}");
+    assert!(out.contains("generated user admin password"), "{out}");
+    assert!(!out.contains("client banking-web-app secret"), "configured secrets are not generated");
+    assert!(!out.contains("cli-test-secret"), "a secret from the environment is not printed");
+    let (code, out, _) = run(&mut import(realm_file, false)).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("up to date"), "re-import of the same file changes nothing: {out}");
+
+    let mut realm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(realm_file).unwrap()).unwrap();
+    realm["accessTokenLifespan"] = 600.into();
+    realm["roles"]["realm"].as_array_mut().unwrap().push(serde_json::json!({"name": "auditor"}));
+    realm["groups"].as_array_mut().unwrap().retain(|g| g["name"] != "Loan Officers");
+    for user in realm["users"].as_array_mut().unwrap() {
+        user["groups"].as_array_mut().unwrap().retain(|g| g != "/Loan Officers");
+    }
+    realm["fooBar"] = true.into();
+    let changed = dir.0.join("changed.json");
+    std::fs::write(&changed, realm.to_string()).unwrap();
+    let changed = changed.to_str().unwrap();
+    for _ in 0..2 {
+        let (code, out, err) = run(&mut import(changed, true)).await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("would change"), "{out}");
+        assert!(out.contains("~ settings.access_token_s: 300 -> 600"), "{out}");
+        assert!(out.contains("+ roles.auditor"), "{out}");
+        assert!(out.contains("- groups./Loan Officers"), "{out}");
+        assert!(err.contains("fooBar"), "unknown fields are reported: {err}");
+    }
+    let (code, out, _) = run(&mut import(changed, false)).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("changed"), "{out}");
+    let (_, out, _) = run(&mut import(changed, true)).await;
+    assert!(out.contains("up to date"), "{out}");
+
+    realm["clients"][0]["implicitFlowEnabled"] = true.into();
+    std::fs::write(dir.0.join("bad.json"), realm.to_string()).unwrap();
+    let (code, _, err) = run(&mut import(dir.0.join("bad.json").to_str().unwrap(), false)).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("implicitFlowEnabled"), "{err}");
+}

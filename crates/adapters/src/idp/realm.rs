@@ -423,13 +423,19 @@ pub fn import(
             (Some(secret), _) => Some(hex(&Sha256::digest(secret.expose().as_bytes()))),
             (None, Some(kept)) => Some(kept),
             (None, None) => {
+                // A secret from configuration is known to the operator: only a random one
+                // is reported (to be shown once).
                 let value = options.dev_client_secret.clone().unwrap_or_else(|| {
-                    rand::thread_rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+                    let value: String = rand::thread_rng()
+                        .sample_iter(&Alphanumeric)
+                        .take(32)
+                        .map(char::from)
+                        .collect();
+                    let what = format!("client {} secret", client.client_id);
+                    generated.push(Generated { what, value: value.clone() });
+                    value
                 });
-                let digest = hex(&Sha256::digest(value.as_bytes()));
-                generated
-                    .push(Generated { what: format!("client {} secret", client.client_id), value });
-                Some(digest)
+                Some(hex(&Sha256::digest(value.as_bytes())))
             }
         };
         let scope_roles = model
@@ -497,12 +503,10 @@ pub fn import(
                     None
                 }
             };
-            let plain = plain.unwrap_or_else(|| {
-                let value = options.dev_password.clone().unwrap_or_else(random_password);
-                generated.push(Generated {
-                    what: format!("user {username} password"),
-                    value: value.clone(),
-                });
+            let plain = plain.or_else(|| options.dev_password.clone()).unwrap_or_else(|| {
+                let value = random_password();
+                let what = format!("user {username} password");
+                generated.push(Generated { what, value: value.clone() });
                 value
             });
             password = Some(hash(&plain).map_err(|e| vec![e])?);
