@@ -2,7 +2,7 @@
 # Logs a user in through ferrobank's login page the way the banking web app does
 # (authorization code flow with PKCE S256) and prints the access token.
 #
-#   FERROBANK_CLIENT_SECRET=<banking-web-app secret> ./scripts/login.sh ISSUER USERNAME [PASSWORD]
+#   CLIENT_SECRET=<banking-web-app secret> ./scripts/login.sh ISSUER USERNAME [PASSWORD]
 #
 # ISSUER is e.g. http://127.0.0.1:8080/realms/banking; the password is asked for when not
 # given. Works against Keycloak too (same paths), as long as the user needs no second
@@ -13,9 +13,9 @@ issuer=${1:?usage: login.sh ISSUER USERNAME [PASSWORD]}
 user=${2:?usage: login.sh ISSUER USERNAME [PASSWORD]}
 password=${3:-}
 if [ -z "$password" ]; then read -r -s -p "password for $user: " password; echo >&2; fi
-client=${FERROBANK_CLIENT_ID:-banking-web-app}
-secret=${FERROBANK_CLIENT_SECRET:?set FERROBANK_CLIENT_SECRET to the $client secret that ferrobank up printed}
-redirect=${FERROBANK_REDIRECT_URI:-http://localhost:3000/callback}
+client=${CLIENT_ID:-banking-web-app}
+secret=${CLIENT_SECRET:?set CLIENT_SECRET to the $client secret that ferrobank up printed}
+redirect=${REDIRECT_URI:-http://localhost:3000/callback}
 
 b64url() { base64 | tr '+/' '-_' | tr -d '=\n'; }
 verifier=$(openssl rand 48 | b64url)
