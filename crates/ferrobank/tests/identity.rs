@@ -1023,3 +1023,75 @@ async fn users_and_keys_survive_a_restart(backend: Backend) {
 }
 
 on_both_backends!(users_and_keys_survive_a_restart);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realm_may_sign_with_es256_or_eddsa_and_the_api_follows_its_configuration() {
+    use ferrobank_adapters::oidc::SigningAlgorithm;
+    for algorithm in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA] {
+        let mut realm: Value = serde_json::from_str(ferrobank::identity::BANKING_REALM).unwrap();
+        realm["defaultSignatureAlgorithm"] = algorithm.as_str().into();
+        let file =
+            std::env::temp_dir().join(format!("ferrobank-realm-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(&file, realm.to_string()).unwrap();
+        let app = common::spawn_configured(Backend::Sqlite, |config| {
+            config.identity.realm_files = vec![file.clone()];
+            config.identity.dev_client_secret = Some(TEST_CLIENT_SECRET.into());
+            config.auth.algorithms = vec![algorithm];
+        })
+        .await;
+        std::fs::remove_file(&file).unwrap();
+        let (status, body) = token_request(
+            &app,
+            (GATEWAY, TEST_CLIENT_SECRET),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let token = body["access_token"].as_str().unwrap();
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(format!("{:?}", header.alg), algorithm.as_str());
+        let discovery: Value = common::client()
+            .get(format!("{}/realms/{REALM}/.well-known/openid-configuration", app.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(discovery["id_token_signing_alg_values_supported"], json!([algorithm.as_str()]));
+        // Valid for the API (no role: nothing found), while a tampered one is refused.
+        assert_eq!(
+            api_get(&app, &format!("/api/accounts/{ALICE_ACCOUNT}"), Some(token)).await,
+            StatusCode::NOT_FOUND
+        );
+        let tampered = format!("{}x", &token[..token.len() - 1]);
+        assert_eq!(
+            api_get(&app, &format!("/api/accounts/{ALICE_ACCOUNT}"), Some(&tampered)).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_public_url_makes_the_issuer_https_and_the_cookies_secure() {
+    let app = common::spawn_configured(Backend::Sqlite, |config| {
+        config.identity.public_url = Some("https://bank.example".into());
+    })
+    .await;
+    let mut browser = Browser::new(&app);
+    let discovery = browser.get(&format!("/realms/{REALM}/.well-known/openid-configuration")).await;
+    let discovery: Value = serde_json::from_str(&discovery.body).unwrap();
+    assert_eq!(discovery["issuer"], "https://bank.example/realms/banking");
+    assert_eq!(
+        discovery["authorization_endpoint"],
+        "https://bank.example/realms/banking/protocol/openid-connect/auth"
+    );
+    let page = browser.get(&auth_request(&pkce().1)).await;
+    let cookie = page.headers.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+}

@@ -1,0 +1,157 @@
+//! The provider's durable state on both backends, and what only a controlled clock can show:
+//! retired keys leave the JWKS once their tokens have expired; sessions, codes and login
+//! pages expire.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use ferrobank_adapters::Backend;
+use ferrobank_adapters::idp::{
+    AuthorizeRequest, ClientAuth, IdentityProvider, ImportOptions, LoginOutcome, NewUser,
+    TokenRequest,
+};
+use ferrobank_adapters::testing::TestDatabase;
+use ferrobank_application::Clock;
+
+const REALM_FILE: &str = include_str!("../../../deploy/keycloak/banking-realm.json");
+const SECRET: &str = "idp-test-client-secret-0123456789";
+
+#[derive(Debug)]
+struct ManualClock(AtomicI64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+async fn provider(db: &TestDatabase, clock: Arc<ManualClock>) -> IdentityProvider {
+    let idp = IdentityProvider::load(db.store().await, clock, "http://127.0.0.1:1").await.unwrap();
+    let (model, unknown) = ferrobank_adapters::realm::parse(REALM_FILE).unwrap();
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let options = ImportOptions { dev_client_secret: Some(SECRET.into()), dev_password: None };
+    idp.import_realm(&model, &options, false).await.unwrap();
+    idp
+}
+
+fn gateway() -> ClientAuth {
+    ClientAuth {
+        basic: Some(("banking-api-gateway".into(), SECRET.into())),
+        ..ClientAuth::default()
+    }
+}
+
+fn cc() -> TokenRequest {
+    TokenRequest { grant_type: Some("client_credentials".into()), ..TokenRequest::default() }
+}
+
+async fn keys_expire_after_their_tokens(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let idp = provider(&db, clock.clone()).await;
+    let first = idp.token("banking", &cc(), &gateway()).unwrap();
+    let old_kid = jsonwebtoken::decode_header(first["access_token"].as_str().unwrap()).unwrap().kid;
+    let new_kid = idp.rotate_keys("banking").await.unwrap();
+    assert_ne!(old_kid.as_deref(), Some(new_kid.as_str()));
+    assert_eq!(idp.jwks("banking").unwrap()["keys"].as_array().unwrap().len(), 2);
+
+    // A reload (another process, a restart) sees the same keys.
+    let reloaded = IdentityProvider::load(db.store().await, clock.clone(), "http://127.0.0.1:1")
+        .await
+        .unwrap();
+    assert_eq!(reloaded.jwks("banking").unwrap(), idp.jwks("banking").unwrap());
+
+    // Still published while a token signed by the old key may be alive (300 s + skew)...
+    clock.0.fetch_add(300_000, Ordering::SeqCst);
+    idp.purge().await.unwrap();
+    assert_eq!(idp.jwks("banking").unwrap()["keys"].as_array().unwrap().len(), 2);
+    // ...and gone after.
+    clock.0.fetch_add(61_000, Ordering::SeqCst);
+    idp.purge().await.unwrap();
+    let keys = idp.jwks("banking").unwrap();
+    let kids: Vec<&str> =
+        keys["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, [new_kid.as_str()]);
+}
+
+async fn login_pages_and_sessions_expire(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let idp = provider(&db, clock.clone()).await;
+    let user = NewUser {
+        username: "zoe".into(),
+        enabled: true,
+        password: Some("Zoe-Passw0rd-1234".into()),
+        realm_roles: ["customer".to_owned()].into(),
+        ..NewUser::default()
+    };
+    idp.create_user("banking", user).await.unwrap();
+    let request = AuthorizeRequest {
+        response_type: Some("code".into()),
+        client_id: Some("banking-web-app".into()),
+        redirect_uri: Some("http://localhost:3000/cb".into()),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        code_challenge_method: Some("S256".into()),
+        ..AuthorizeRequest::default()
+    };
+    let LoginOutcome::Page(page) = idp.authorize("banking", &request, None) else {
+        panic!("a login page")
+    };
+    // The realm's accessCodeLifespanLogin (1800 s) later, the page is dead.
+    clock.0.fetch_add(1_800_001, Ordering::SeqCst);
+    let input = ferrobank_adapters::idp::FormInput {
+        csrf: Some(page.csrf.clone()),
+        username: Some("zoe".into()),
+        password: Some("Zoe-Passw0rd-1234".into()),
+        ..Default::default()
+    };
+    let outcome =
+        idp.authenticate("banking", &page.login_id, Some(&page.login_id), input.clone()).await;
+    assert!(matches!(outcome, LoginOutcome::Error { status: 400, .. }), "{outcome:?}");
+
+    // A fresh login works; its code is good for accessCodeLifespan (60 s) only.
+    let LoginOutcome::Page(page) = idp.authorize("banking", &request, None) else {
+        panic!("a login page")
+    };
+    let input = ferrobank_adapters::idp::FormInput { csrf: Some(page.csrf.clone()), ..input };
+    let LoginOutcome::Redirect { location, sso: Some(_) } =
+        idp.authenticate("banking", &page.login_id, Some(&page.login_id), input).await
+    else {
+        panic!("logged in")
+    };
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    clock.0.fetch_add(60_001, Ordering::SeqCst);
+    let redeem = TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code),
+        redirect_uri: Some("http://localhost:3000/cb".into()),
+        code_verifier: Some("dBjftJeZ4CVP-mJ92K27uhbUJU1p1r_wW1gFWFOEjXk".into()),
+        ..TokenRequest::default()
+    };
+    let web = ClientAuth {
+        basic: Some(("banking-web-app".into(), SECRET.into())),
+        ..ClientAuth::default()
+    };
+    let error = idp.token("banking", &redeem, &web).unwrap_err();
+    assert_eq!(error.error, "invalid_grant");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(super::Backend::Sqlite).await; }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(super::Backend::Postgres).await; }
+        }
+    )*};
+}
+
+on_both_backends!(keys_expire_after_their_tokens, login_pages_and_sessions_expire);
