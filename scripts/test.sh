@@ -83,6 +83,15 @@ ensure_oidc_provider() {
   fi
 }
 
+# The relying party of the interop test (crates/ferrobank/tests/oidc_rp_interop.rs):
+# pyoidc (PyPI `oic`) at the version its requirements file pins.
+ensure_oic() {
+  if ! python3 -c 'import oic' >/dev/null 2>&1; then
+    log "installing pyoidc (pip: tests/interop/oic-rp/requirements.txt)"
+    python3 -m pip install --quiet -r tests/interop/oic-rp/requirements.txt
+  fi
+}
+
 # Contract check of the real binary against its own OpenAPI document: no 5xx for any
 # generated input, and every status, content type, header and body as documented.
 api_contract() {
@@ -107,6 +116,7 @@ PWD_ROOT=$PWD
 ensure_postgres
 ensure_nextest
 ensure_oidc_provider
+ensure_oic
 log "running the workspace tests"
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?

@@ -47,6 +47,7 @@ const REQUIRED_CHECKS: &[&str] = &[
     "jwks_loaded",
     "login_rfc9207_iss_present",
     "login_state",
+    "login_token_exchange",
     "login_id_token_verified",
     "login_at_hash",
     "login_forged_signature_refused",
@@ -54,6 +55,8 @@ const REQUIRED_CHECKS: &[&str] = &[
     "userinfo_sub",
     "refresh_rotated",
     "refresh_reuse_invalid_grant",
+    "sso_without_form",
+    "sso_token_exchange",
     "sso_id_token_verified",
     "logout_redirect",
     "logout_state",
@@ -141,7 +144,7 @@ impl Up {
 
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let start = text.len().saturating_sub(6_000);
+    let start = text.len().saturating_sub(4_000);
     text.get(start..).unwrap_or(&text).to_owned()
 }
 
@@ -187,19 +190,26 @@ async fn pyoidc_logs_in_refreshes_and_logs_out_against_the_built_in_provider() {
     let output = run_relying_party(&up.issuer()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Option<Value> =
+        stdout.lines().rev().find_map(|line| serde_json::from_str(line).ok());
     let shown = || {
+        let failed = report.as_ref().map(|r| {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "failed": r["failed"],
+                "stopped_at": r["stopped_at"],
+            }))
+            .unwrap()
+        });
         format!(
-            "rp.py exited with {}\n--- its stdout:\n{stdout}\n--- its stderr:\n{stderr}\n\
+            "pyoidc against the built-in provider: rp.py exited with {}\n{}\n\
+             --- rp.py stdout:\n{stdout}\n--- rp.py stderr:\n{stderr}\n\
              --- the server's log (tail):\n{}",
             output.status,
+            failed.unwrap_or_else(|| "rp.py printed no JSON result".into()),
             tail(&up.log)
         )
     };
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("rp.py printed no JSON result\n{}", shown()));
+    let Some(report) = report.as_ref() else { panic!("{}", shown()) };
     assert!(output.status.success() && report["ok"] == true, "{}", shown());
     let passed: Vec<&str> =
         report["passed"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
