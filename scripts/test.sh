@@ -98,13 +98,19 @@ api_contract() {
   local dir port pid status=0
   dir=$(mktemp -d)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  (cd "$dir" && exec "$PWD_ROOT/target/debug/ferrobank" up --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
+  local password='Contract-Passw0rd-1' secret=contract-client-secret token
+  (cd "$dir" && FERROBANK_IDENTITY__DEV_PASSWORD=$password FERROBANK_IDENTITY__DEV_CLIENT_SECRET=$secret \
+    exec "$PWD_ROOT/target/debug/ferrobank" up --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
   pid=$!
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
     sleep 0.1
   done
+  # As the customer alice, through the login page: the API as a real caller sees it.
+  token=$(CLIENT_SECRET=$secret "$PWD_ROOT/scripts/login.sh" \
+    "http://127.0.0.1:$port/realms/banking" alice "$password") || status=$?
   schemathesis run "http://127.0.0.1:$port/api/openapi.json" --seed 1 --max-examples 50 \
+    --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
     || status=$?
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true

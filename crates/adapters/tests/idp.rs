@@ -143,6 +143,73 @@ async fn login_pages_and_sessions_expire(backend: Backend) {
     assert_eq!(error.error, "invalid_grant");
 }
 
+/// A user exported from Keycloak with a PBKDF2-SHA256 hash logs in with the same password,
+/// and the hash is upgraded to argon2id on that login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_hashed_passwords_import_and_are_upgraded_at_login() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let idp = provider(&db, clock).await;
+    let salt = b"keycloak-salt-16";
+    let mut derived = [0u8; 64];
+    pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha256>>(b"Legacy-Passw0rd-1", salt, 27_500, &mut derived)
+        .unwrap();
+    let mut realm: serde_json::Value = serde_json::from_str(REALM_FILE).unwrap();
+    realm["users"].as_array_mut().unwrap().push(serde_json::json!({
+        "username": "legacy", "enabled": true, "realmRoles": ["customer"],
+        "credentials": [{
+            "type": "password",
+            "secretData": serde_json::json!({"value": STANDARD.encode(derived), "salt": STANDARD.encode(salt), "additionalParameters": {}}).to_string(),
+            "credentialData": serde_json::json!({"hashIterations": 27500, "algorithm": "pbkdf2-sha256", "additionalParameters": {}}).to_string()
+        }]
+    }));
+    let (model, _) = ferrobank_adapters::realm::parse(&realm.to_string()).unwrap();
+    let options = ImportOptions { dev_client_secret: Some(SECRET.into()), dev_password: None };
+    idp.import_realm(&model, &options, false).await.unwrap();
+    let stored = |idp: &IdentityProvider| {
+        idp.realm("banking").unwrap().users["legacy"].password.clone().unwrap()
+    };
+    assert!(stored(&idp).starts_with("$keycloak-pbkdf2-sha256$i=27500$"));
+
+    let request = AuthorizeRequest {
+        response_type: Some("code".into()),
+        client_id: Some("banking-web-app".into()),
+        redirect_uri: Some("http://localhost:3000/cb".into()),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        code_challenge_method: Some("S256".into()),
+        ..AuthorizeRequest::default()
+    };
+    let login = |password: &'static str| {
+        let idp = &idp;
+        let request = &request;
+        async move {
+            let LoginOutcome::Page(page) = idp.authorize("banking", request, None) else {
+                panic!("a login page")
+            };
+            let input = ferrobank_adapters::idp::FormInput {
+                csrf: Some(page.csrf.clone()),
+                username: Some("legacy".into()),
+                password: Some(password.into()),
+                ..Default::default()
+            };
+            idp.authenticate("banking", &page.login_id, Some(&page.login_id), input).await
+        }
+    };
+    assert!(matches!(login("legacy-passw0rd-1").await, LoginOutcome::Page(_)), "wrong password");
+    assert!(matches!(login("Legacy-Passw0rd-1").await, LoginOutcome::Redirect { .. }));
+    assert!(
+        stored(&idp).starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "upgraded: {}",
+        stored(&idp)
+    );
+    assert!(
+        matches!(login("Legacy-Passw0rd-1").await, LoginOutcome::Redirect { .. }),
+        "still the same password"
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),*) => {$(
         mod $name {

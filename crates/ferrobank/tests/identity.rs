@@ -571,7 +571,8 @@ async fn token_endpoint_grants_only_what_the_client_may_use() {
     assert!(
         response.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic")
     );
-    let cases: [(&[(&str, &str)], (&str, &str), &str); 5] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], (&'a str, &'a str), &'a str);
+    let cases: [Case; 5] = [
         (
             &[("grant_type", "password"), ("username", "alice"), ("password", TEST_PASSWORD)],
             (WEB_APP, TEST_CLIENT_SECRET),

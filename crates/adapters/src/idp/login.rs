@@ -9,8 +9,9 @@ use super::realm::{CONFIGURE_TOTP, ClientState, RealmState, UPDATE_PASSWORD, Use
 use super::sessions::{Code, Issued, Login, Sessions, Sso, Stage, random_token, token_hash};
 use super::{IdentityProvider, password, secs_ms, totp};
 
-/// Scopes this provider knows; anything else is `invalid_scope`.
-const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+/// Scopes this provider knows; anything else is `invalid_scope` (including
+/// `offline_access`: offline sessions are not implemented, so they are not pretended).
+const SCOPES: [&str; 3] = ["openid", "profile", "email"];
 
 /// The one message for every failed login: wrong user, wrong password, disabled or locked
 /// (OWASP Authentication Cheat Sheet: "Authentication and Error Messages").
@@ -465,6 +466,7 @@ impl IdentityProvider {
         let too_long = password.len() > password::MAX_PASSWORD_BYTES;
         let hash = user.as_ref().and_then(|u| u.password.clone());
         let password = if too_long { String::new() } else { password };
+        let plain = password.clone();
         let matches = self.hasher.verify(password, hash).await && !too_long;
         let user = user?;
         let key = (state.name.clone(), user.id.clone());
@@ -473,12 +475,37 @@ impl IdentityProvider {
             && self.sessions().failures.get(&key).is_some_and(|f| f.locked(now_ms));
         if matches && user.enabled && !locked {
             self.sessions().failures.remove(&key);
+            if user.password.as_deref().is_some_and(password::needs_rehash) {
+                self.rehash(state, &user, plain).await;
+            }
             return Some(user);
         }
         if brute_force.enabled && user.enabled && !locked {
             self.record_failure(state, &user, now_ms).await;
         }
         None
+    }
+
+    /// Replaces an imported (PBKDF2, weaker argon2) hash by argon2id with today's parameters,
+    /// now that the password is known to be right.
+    async fn rehash(&self, state: &RealmState, user: &UserState, plain: String) {
+        let Ok(new) = self.hasher.hash(plain).await else { return };
+        let old = user.password.clone();
+        let saved = self
+            .update(&state.name, |s| {
+                if let Some(u) = s.users.get_mut(&user.username)
+                    && u.password == old
+                {
+                    u.password = Some(new);
+                }
+            })
+            .await;
+        match saved {
+            Ok(()) => {
+                tracing::info!(realm = %state.name, user = %user.id, "password rehashed with argon2id")
+            }
+            Err(error) => tracing::warn!(%error, "rehashing a password failed; kept the old hash"),
+        }
     }
 
     async fn record_failure(&self, state: &RealmState, user: &UserState, now_ms: i64) {

@@ -38,14 +38,167 @@ pub fn hash_blocking(password: &str) -> Result<String, String> {
 }
 
 /// Whether `password` matches `phc` (constant-time comparison inside argon2). A missing
-/// hash is checked against [`DUMMY_HASH`] and never matches. Blocking.
+/// hash is checked against [`DUMMY_HASH`] and never matches. Blocking. Hashes imported
+/// from Keycloak's PBKDF2 providers ([`from_keycloak`]) are verified too.
 pub fn verify_blocking(password: &str, phc: Option<&str>) -> bool {
     let (stored, real) = match phc {
         Some(phc) => (phc, true),
         None => (DUMMY_HASH.as_str(), false),
     };
+    if stored.starts_with(KEYCLOAK_PBKDF2) {
+        return verify_keycloak_pbkdf2(password, stored) && real;
+    }
     let Ok(parsed) = PasswordHash::new(stored) else { return false };
-    argon2().verify_password(password.as_bytes(), &parsed).is_ok() && real
+    // The parameters come from the hash itself (imported argon2i/d, other costs).
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && real
+}
+
+/// Whether a stored hash is weaker than (or different from) what [`hash_blocking`] makes
+/// now: it is replaced after the next successful login.
+pub fn needs_rehash(phc: &str) -> bool {
+    !phc.starts_with(&format!("$argon2id$v=19$m={MEMORY_KIB},t={ITERATIONS},p={PARALLELISM}$"))
+}
+
+/// Prefix of PBKDF2 hashes imported from Keycloak: `$keycloak-pbkdf2-<prf>$i=<n>$<salt>$<hash>`.
+const KEYCLOAK_PBKDF2: &str = "$keycloak-pbkdf2-";
+
+/// Keycloak pads passwords shorter than 14 characters with NULs before PBKDF2
+/// (`Pbkdf2PasswordHashProvider.pbkdf2PasswordPadding`, for FIPS providers).
+const KEYCLOAK_PBKDF2_MIN_CHARS: usize = 14;
+
+fn verify_keycloak_pbkdf2(password: &str, stored: &str) -> bool {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use subtle::ConstantTimeEq as _;
+    let mut parts = stored.trim_start_matches('$').split('$');
+    let (Some(scheme), Some(params), Some(salt), Some(hash)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Some(iterations) = params.strip_prefix("i=").and_then(|i| i.parse::<u32>().ok()) else {
+        return false;
+    };
+    let (Ok(salt), Ok(expected)) = (STANDARD.decode(salt), STANDARD.decode(hash)) else {
+        return false;
+    };
+    let mut padded = password.to_owned();
+    let chars = padded.encode_utf16().count();
+    padded.extend(std::iter::repeat_n('\0', KEYCLOAK_PBKDF2_MIN_CHARS.saturating_sub(chars)));
+    let mut derived = vec![0u8; expected.len()];
+    let prf = scheme.trim_start_matches("keycloak-pbkdf2-");
+    let done = match prf {
+        "sha1" => pbkdf2::pbkdf2::<hmac::Hmac<sha1::Sha1>>(
+            padded.as_bytes(),
+            &salt,
+            iterations,
+            &mut derived,
+        ),
+        "sha256" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha256>>(
+            padded.as_bytes(),
+            &salt,
+            iterations,
+            &mut derived,
+        ),
+        "sha512" => pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha512>>(
+            padded.as_bytes(),
+            &salt,
+            iterations,
+            &mut derived,
+        ),
+        _ => return false,
+    };
+    done.is_ok() && !expected.is_empty() && bool::from(derived.ct_eq(&expected))
+}
+
+/// Keycloak's `credentialData` of a password.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeycloakCredentialData {
+    hash_iterations: u32,
+    algorithm: String,
+    #[serde(default)]
+    additional_parameters: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Keycloak's `secretData` of a password.
+#[derive(serde::Deserialize)]
+struct KeycloakSecretData {
+    value: String,
+    salt: String,
+}
+
+/// Most PBKDF2 iterations accepted from a file: one login must not cost seconds.
+const MAX_PBKDF2_ITERATIONS: u32 = 1_000_000;
+
+/// A hashed password from a Keycloak export (`secretData`, `credentialData`: JSON strings,
+/// as in `CredentialRepresentation`) in the form [`verify_blocking`] reads. Supported: the
+/// `argon2` provider (Keycloak's default since 24; becomes a standard PHC string) and
+/// `pbkdf2`, `pbkdf2-sha256`, `pbkdf2-sha512`. Either is rehashed with argon2id at the
+/// user's next login.
+pub fn from_keycloak(secret_data: &str, credential_data: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    let secret: KeycloakSecretData =
+        serde_json::from_str(secret_data).map_err(|e| format!("secretData: {e}"))?;
+    let data: KeycloakCredentialData =
+        serde_json::from_str(credential_data).map_err(|e| format!("credentialData: {e}"))?;
+    let salt = STANDARD.decode(&secret.salt).map_err(|e| format!("secretData.salt: {e}"))?;
+    let value = STANDARD.decode(&secret.value).map_err(|e| format!("secretData.value: {e}"))?;
+    let param = |key: &str, default: &str| -> String {
+        data.additional_parameters
+            .get(key)
+            .and_then(|v| v.first())
+            .cloned()
+            .unwrap_or_else(|| default.to_owned())
+    };
+    match data.algorithm.as_str() {
+        "argon2" => {
+            let variant = match param("type", "id").as_str() {
+                "id" => "argon2id",
+                "i" => "argon2i",
+                "d" => "argon2d",
+                other => return Err(format!("argon2 type {other:?} is not supported")),
+            };
+            let version = match param("version", "1.3").as_str() {
+                "1.3" => 19,
+                "1.0" => 16,
+                other => return Err(format!("argon2 version {other:?} is not supported")),
+            };
+            let memory: u32 =
+                param("memory", "7168").parse().map_err(|_| "argon2 memory is not a number")?;
+            let parallelism: u32 = param("parallelism", "1")
+                .parse()
+                .map_err(|_| "argon2 parallelism is not a number")?;
+            let phc = format!(
+                "${variant}$v={version}$m={memory},t={},p={parallelism}${}${}",
+                data.hash_iterations,
+                STANDARD_NO_PAD.encode(&salt),
+                STANDARD_NO_PAD.encode(&value)
+            );
+            PasswordHash::new(&phc).map_err(|e| format!("argon2 parameters: {e}"))?;
+            Ok(phc)
+        }
+        algorithm @ ("pbkdf2" | "pbkdf2-sha256" | "pbkdf2-sha512") => {
+            if data.hash_iterations == 0 || data.hash_iterations > MAX_PBKDF2_ITERATIONS {
+                return Err(format!(
+                    "hashIterations must be between 1 and {MAX_PBKDF2_ITERATIONS}"
+                ));
+            }
+            let prf = match algorithm {
+                "pbkdf2" => "sha1",
+                "pbkdf2-sha256" => "sha256",
+                _ => "sha512",
+            };
+            Ok(format!(
+                "{KEYCLOAK_PBKDF2}{prf}$i={}${}${}",
+                data.hash_iterations,
+                STANDARD.encode(&salt),
+                STANDARD.encode(&value)
+            ))
+        }
+        other => Err(format!("password hash algorithm {other:?} is not supported")),
+    }
 }
 
 /// Runs argon2 off the async runtime, at most one per core at a time: each takes 19 MiB,
@@ -218,6 +371,46 @@ mod tests {
         assert!(!verify_blocking("correct-horse-9", Some(&phc)));
         assert!(!verify_blocking("ferrobank-dummy-password", None), "the dummy never matches");
         assert!(!verify_blocking("x", Some("not a phc string")));
+    }
+
+    #[test]
+    fn keycloak_argon2_and_pbkdf2_exports_verify() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        // Made the way Keycloak's providers make them (see `from_keycloak`).
+        let salt = b"0123456789abcdef";
+        let mut pbkdf2 = [0u8; 64];
+        // "short" is padded with NULs to 14 characters first.
+        let padded = format!("short{}", "\0".repeat(9));
+        pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha512>>(padded.as_bytes(), salt, 1000, &mut pbkdf2)
+            .unwrap();
+        let secret =
+            serde_json::json!({"value": STANDARD.encode(pbkdf2), "salt": STANDARD.encode(salt)})
+                .to_string();
+        let data = serde_json::json!({"hashIterations": 1000, "algorithm": "pbkdf2-sha512", "additionalParameters": {}}).to_string();
+        let stored = from_keycloak(&secret, &data).unwrap();
+        assert!(verify_blocking("short", Some(&stored)));
+        assert!(!verify_blocking("Short", Some(&stored)));
+        assert!(needs_rehash(&stored));
+
+        let params = argon2::Params::new(7168, 5, 1, Some(32)).unwrap();
+        let mut hash = [0u8; 32];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(b"Keycloak-Pass1", salt, &mut hash)
+            .unwrap();
+        let secret =
+            serde_json::json!({"value": STANDARD.encode(hash), "salt": STANDARD.encode(salt)})
+                .to_string();
+        let data = serde_json::json!({"hashIterations": 5, "algorithm": "argon2", "additionalParameters":
+            {"hashLength": ["32"], "memory": ["7168"], "type": ["id"], "version": ["1.3"], "parallelism": ["1"]}}).to_string();
+        let stored = from_keycloak(&secret, &data).unwrap();
+        assert!(verify_blocking("Keycloak-Pass1", Some(&stored)));
+        assert!(!verify_blocking("keycloak-pass1", Some(&stored)));
+        assert!(needs_rehash(&stored));
+        assert!(!needs_rehash(&hash_blocking("x").unwrap()));
+
+        let data = serde_json::json!({"hashIterations": 1, "algorithm": "md5"}).to_string();
+        assert!(from_keycloak(&secret, &data).is_err());
     }
 
     #[test]

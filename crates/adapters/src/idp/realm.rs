@@ -484,32 +484,31 @@ pub fn import(
         let old = users.get(&username).cloned();
         let mut password = old.as_ref().and_then(|o| o.password.clone());
         if old.is_none() {
-            let given = user
-                .credentials
-                .iter()
-                .find(|c| c.kind == PASSWORD_CREDENTIAL)
-                .map(|c| match (&c.value, &c.secret_data) {
-                    (Some(value), _) => Ok(value.expose().to_owned()),
-                    _ => Err(format!(
-                        "user {username}: hashed credentials (secretData) cannot be imported yet; give the password as `value`"
-                    )),
-                })
-                .transpose();
-            let plain = match given {
-                Ok(Some(plain)) => Some(plain),
-                Ok(None) => None,
-                Err(e) => {
+            let given = user.credentials.iter().find(|c| c.kind == PASSWORD_CREDENTIAL).map(|c| {
+                match (&c.value, &c.secret_data, &c.credential_data) {
+                    (Some(value), _, _) => hash(value.expose()),
+                    // A Keycloak export: the hash itself, kept until the next login rehashes it.
+                    (None, Some(secret), Some(data)) => super::password::from_keycloak(secret.expose(), data)
+                        .map_err(|e| format!("user {username}: {e}")),
+                    _ => Err(format!("user {username}: a password credential needs `value` or `secretData` and `credentialData`")),
+                }
+            });
+            password = match given {
+                Some(Ok(stored)) => Some(stored),
+                Some(Err(e)) => {
                     errors.push(e);
                     None
                 }
+                None => {
+                    let plain = options.dev_password.clone().unwrap_or_else(|| {
+                        let value = random_password();
+                        let what = format!("user {username} password");
+                        generated.push(Generated { what, value: value.clone() });
+                        value
+                    });
+                    Some(hash(&plain).map_err(|e| vec![e])?)
+                }
             };
-            let plain = plain.or_else(|| options.dev_password.clone()).unwrap_or_else(|| {
-                let value = random_password();
-                let what = format!("user {username} password");
-                generated.push(Generated { what, value: value.clone() });
-                value
-            });
-            password = Some(hash(&plain).map_err(|e| vec![e])?);
         }
         users.insert(
             username.clone(),

@@ -47,7 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{oidc}/token"), post(token))
         .route(&format!("{oidc}/token/introspect"), post(introspect))
         .route(&format!("{oidc}/revoke"), post(revoke))
-        .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo))
+        .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo_post))
         .route(&format!("{oidc}/logout"), get(logout).post(logout_post))
         .merge(admin::routes())
 }
@@ -357,10 +357,45 @@ async fn revoke(
     }
 }
 
+/// The body of a userinfo POST: the token may travel as a form field (RFC 6750 §2.2,
+/// allowed by OIDC Core §5.3.1 and accepted by Keycloak).
+#[derive(Debug, Default, Deserialize)]
+struct UserinfoForm {
+    access_token: Option<String>,
+}
+
 async fn userinfo(Idp(idp): Idp, Path(realm): Path<String>, headers: HeaderMap) -> Response {
-    let claims =
-        super::extract::bearer_token(&headers).and_then(|token| idp.userinfo(&realm, token));
-    match claims {
+    userinfo_with(&idp, &realm, super::extract::bearer_token(&headers))
+}
+
+async fn userinfo_post(
+    Idp(idp): Idp,
+    Path(realm): Path<String>,
+    headers: HeaderMap,
+    form: Result<Form<UserinfoForm>, FormRejection>,
+) -> Response {
+    let from_form = form.ok().and_then(|Form(f)| f.access_token);
+    match (super::extract::bearer_token(&headers), from_form.as_deref()) {
+        // RFC 6750 §2: a client MUST NOT use more than one method per request.
+        (Some(_), Some(_)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request", "error_description": "send the token once"})),
+        )
+            .into_response(),
+        (header_token, form_token) => userinfo_with(&idp, &realm, header_token.or(form_token)),
+    }
+}
+
+fn userinfo_with(idp: &IdentityProvider, realm: &str, token: Option<&str>) -> Response {
+    let Some(token) = token else {
+        // RFC 6750 §3.1: no error code when the request carried no token at all.
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"ferrobank\"")],
+        )
+            .into_response();
+    };
+    match idp.userinfo(realm, token) {
         Some(claims) => (no_store(), Json(claims)).into_response(),
         None => (
             StatusCode::UNAUTHORIZED,
