@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use ferrobank_adapters::oidc::{
-    DiscoveryError, OidcConfig, SigningAlgorithm, TokenError, TokenValidator,
+    ConfigError, DiscoveryError, OidcConfig, SigningAlgorithm, TokenError, TokenValidator,
 };
 use ferrobank_domain::Role;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
@@ -522,4 +522,69 @@ fn configurations_that_would_accept_too_much_are_refused() {
     // HMAC cannot even be named.
     let parsed: Result<Vec<SigningAlgorithm>, _> = serde_json::from_value(json!(["HS256"]));
     assert!(parsed.is_err());
+}
+
+/// An `https://` issuer (Keycloak in production): a TLS server for 127.0.0.1 whose
+/// certificate a test-only CA signed. Trusted with `ca_file`, refused without it.
+#[tokio::test]
+async fn an_https_issuer_is_trusted_through_its_ca_and_refused_without_it() {
+    const SERVER: &str = r#"
+import http.server, json, ssl, sys
+cert, key, jwks = sys.argv[1], sys.argv[2], sys.argv[3]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        base = "https://127.0.0.1:%d/realms/test" % self.server.server_address[1]
+        docs = {"/realms/test/.well-known/openid-configuration":
+                    {"issuer": base, "jwks_uri": base + "/protocol/openid-connect/certs"},
+                "/realms/test/protocol/openid-connect/certs": json.loads(jwks)}
+        body = json.dumps(docs.get(self.path, {})).encode()
+        self.send_response(200 if self.path in docs else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SERVER])
+        .arg(format!("{fixtures}/test-only-tls-server.pem"))
+        .arg(format!("{fixtures}/test-only-tls-server.key"))
+        .arg(idp_jwks().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed (./scripts/test.sh installs the test tools)");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let issuer = format!("https://127.0.0.1:{}/realms/test", port.trim());
+    let token = rs256(&claims(&issuer));
+
+    let without_ca = validator(&OidcConfig::new(&issuer, vec![AUDIENCE.to_owned()]));
+    let refused = without_ca.validate(&token).await;
+    let with_ca = validator(&OidcConfig {
+        ca_file: Some(format!("{fixtures}/test-only-tls-ca.pem").into()),
+        ..OidcConfig::new(&issuer, vec![AUDIENCE.to_owned()])
+    });
+    let accepted = with_ca.validate(&token).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(matches!(refused, Err(TokenError::KeysUnavailable)), "{refused:?}");
+    assert_eq!(accepted.unwrap().subject, "7d1c5f2a-user");
+
+    let bad = OidcConfig {
+        ca_file: Some(format!("{fixtures}/README.md").into()),
+        ..OidcConfig::new(&issuer, vec![AUDIENCE.to_owned()])
+    };
+    assert!(matches!(TokenValidator::new(&bad), Err(ConfigError::CaFile { .. })));
 }

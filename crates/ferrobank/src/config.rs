@@ -126,6 +126,9 @@ pub struct AuthConfig {
     pub algorithms: Vec<SigningAlgorithm>,
     /// Allowed clock skew for `exp`, `nbf` and `iat`, in seconds.
     pub leeway_s: u64,
+    /// PEM file of extra CAs trusted for an `https://` issuer (beside the system's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AuthConfig {
@@ -135,6 +138,7 @@ impl AuthConfig {
         Some(OidcConfig {
             algorithms: self.algorithms.clone(),
             leeway_s: self.leeway_s,
+            ca_file: self.ca_file.clone(),
             ..OidcConfig::new(issuer, self.audiences.clone())
         })
     }
@@ -213,6 +217,7 @@ impl Default for AuthConfig {
             audiences: d.audiences,
             algorithms: d.algorithms,
             leeway_s: d.leeway_s,
+            ca_file: None,
         }
     }
 }

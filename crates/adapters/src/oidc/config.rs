@@ -86,6 +86,10 @@ pub struct OidcConfig {
     /// Timeout of one discovery or JWKS request (connect + response).
     #[serde(default = "default_http_timeout_ms")]
     pub http_timeout_ms: u64,
+    /// PEM file of extra certificate authorities trusted for an `https://` issuer (a
+    /// cluster's or company's private CA), on top of the system's trust store.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_algorithms() -> Vec<SigningAlgorithm> {
@@ -123,6 +127,7 @@ impl OidcConfig {
             jwks_max_staleness_ms: default_jwks_max_staleness_ms(),
             max_token_bytes: default_max_token_bytes(),
             http_timeout_ms: default_http_timeout_ms(),
+            ca_file: None,
         }
     }
 
@@ -191,6 +196,14 @@ pub enum ConfigError {
     /// Keys would go stale before they may be refreshed.
     #[error("oidc jwks_max_staleness_ms must be at least jwks_refresh_min_interval_ms")]
     StalenessBelowRefreshInterval,
+    /// The CA file cannot be read or holds no certificate.
+    #[error("oidc ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("oidc http client: {0}")]
     HttpClient(String),

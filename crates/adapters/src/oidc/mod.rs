@@ -90,7 +90,22 @@ impl TokenValidator {
     /// [`TokenValidator::warm_up`] or the first token.
     pub fn new(config: &OidcConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let refuse =
+                |reason: String| ConfigError::CaFile { path: path.display().to_string(), reason };
+            let pem = std::fs::read(path).map_err(|e| refuse(e.to_string()))?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refuse(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(refuse("no PEM certificate in it".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder
+            .https_only(false)
             .timeout(Duration::from_millis(config.http_timeout_ms))
             .connect_timeout(Duration::from_millis(config.http_timeout_ms))
             // A redirect would let whoever controls it choose where keys come from.
