@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
 use tokio::sync::Semaphore;
 
 /// OWASP Password Storage Cheat Sheet, Argon2id: "a minimum configuration of 19 MiB of
@@ -201,36 +202,97 @@ pub fn from_keycloak(secret_data: &str, credential_data: &str) -> Result<String,
     }
 }
 
-/// Runs argon2 off the async runtime, at most one per core at a time: each takes 19 MiB,
-/// so a flood of logins queues instead of exhausting memory.
+/// Length of the hashes [`hash_blocking`] makes (argon2's default).
+const OUTPUT_BYTES: usize = 32;
+
+/// Runs argon2 off the async runtime, at most one per core at a time, each in one of a
+/// fixed set of preallocated 19 MiB work areas: memory stays bounded under a flood of
+/// logins (allocating 19 MiB per login lets the allocator keep one copy per thread).
 #[derive(Debug, Clone)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    areas: Arc<std::sync::Mutex<Vec<Vec<argon2::Block>>>>,
 }
 
 impl Default for Hasher {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self { permits: Arc::new(Semaphore::new(cores)) }
+        let blocks = usize::try_from(MEMORY_KIB).unwrap_or(0);
+        let areas = (0..cores).map(|_| vec![argon2::Block::default(); blocks]).collect();
+        Self {
+            permits: Arc::new(Semaphore::new(cores)),
+            areas: Arc::new(std::sync::Mutex::new(areas)),
+        }
     }
 }
 
 impl Hasher {
+    /// Runs `work` with a work area, off the runtime.
+    async fn with_area<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut [argon2::Block]) -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.permits.acquire().await.ok()?;
+        // A permit guarantees an area: there are as many areas as permits.
+        let mut area =
+            self.areas.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()?;
+        let (out, area) = tokio::task::spawn_blocking(move || {
+            let out = work(&mut area);
+            (out, area)
+        })
+        .await
+        .ok()?;
+        self.areas.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(area);
+        Some(out)
+    }
+
     /// Hashes `password`.
     pub async fn hash(&self, password: String) -> Result<String, String> {
-        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
-            .await
-            .map_err(|e| e.to_string())?
+        let salt = SaltString::generate(&mut OsRng);
+        self.with_area(move |area| {
+            let mut salt_bytes = [0u8; 64];
+            let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(|e| e.to_string())?;
+            let mut out = [0u8; OUTPUT_BYTES];
+            argon2()
+                .hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, area)
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "$argon2id$v=19$m={MEMORY_KIB},t={ITERATIONS},p={PARALLELISM}${}${}",
+                salt.as_str(),
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(out)
+            ))
+        })
+        .await
+        .unwrap_or_else(|| Err("the hasher is shutting down".into()))
     }
 
     /// Checks `password` against `phc` (or the dummy hash when `None`).
     pub async fn verify(&self, password: String, phc: Option<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else { return false };
-        tokio::task::spawn_blocking(move || verify_blocking(&password, phc.as_deref()))
+        self.with_area(move |area| verify_in(&password, phc.as_deref(), area))
             .await
             .unwrap_or(false)
     }
+}
+
+/// [`verify_blocking`] in a preallocated work area when the hash has today's parameters.
+fn verify_in(password: &str, phc: Option<&str>, area: &mut [argon2::Block]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let (stored, real) = match phc {
+        Some(phc) => (phc, true),
+        None => (DUMMY_HASH.as_str(), false),
+    };
+    if needs_rehash(stored) {
+        // Imported hashes (PBKDF2, other argon2 costs): rare, and replaced at this login.
+        return verify_blocking(password, phc);
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else { return false };
+    let mut out = vec![0u8; expected.len()];
+    let computed =
+        argon2().hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, area);
+    computed.is_ok() && bool::from(out.as_slice().ct_eq(expected.as_bytes())) && real
 }
 
 /// One rule of a Keycloak password policy string (`length(12) and digits(1) and ...`).
@@ -371,6 +433,18 @@ mod tests {
         assert!(!verify_blocking("correct-horse-9", Some(&phc)));
         assert!(!verify_blocking("ferrobank-dummy-password", None), "the dummy never matches");
         assert!(!verify_blocking("x", Some("not a phc string")));
+    }
+
+    #[tokio::test]
+    async fn the_pooled_hasher_agrees_with_the_plain_functions() {
+        let hasher = Hasher::default();
+        let pooled = hasher.hash("Pooled-Passw0rd".into()).await.unwrap();
+        assert!(!needs_rehash(&pooled), "{pooled}");
+        assert!(verify_blocking("Pooled-Passw0rd", Some(&pooled)));
+        let plain = hash_blocking("Plain-Passw0rd").unwrap();
+        assert!(hasher.verify("Plain-Passw0rd".into(), Some(plain.clone())).await);
+        assert!(!hasher.verify("plain-passw0rd".into(), Some(plain)).await);
+        assert!(!hasher.verify("ferrobank-dummy-password".into(), None).await);
     }
 
     #[test]

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ED25519, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+    UnparsedPublicKey,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -28,7 +32,27 @@ pub(crate) struct PublicKey {
     /// The only algorithm this key verifies: the JWK's `alg` if present, else the one
     /// allowed algorithm its type fits.
     algorithm: Algorithm,
-    pub(crate) key: DecodingKey,
+    verifier: Verifier,
+}
+
+/// A public key in the form `ring` verifies with (parsed once per JWKS fetch, not per token).
+enum Verifier {
+    Rsa(RsaPublicKeyComponents<Vec<u8>>),
+    Other(UnparsedPublicKey<Vec<u8>>),
+}
+
+impl PublicKey {
+    /// Whether `signature` is this key's over `message`. RS256 accepts 2048- to 8192-bit
+    /// moduli (shorter ones never become a `PublicKey`), ES256 the fixed `r || s` form
+    /// (RFC 7518 §3.4), EdDSA Ed25519 (RFC 8037).
+    pub(crate) fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &self.verifier {
+            Verifier::Rsa(key) => {
+                key.verify(&RSA_PKCS1_2048_8192_SHA256, message, signature).is_ok()
+            }
+            Verifier::Other(key) => key.verify(message, signature).is_ok(),
+        }
+    }
 }
 
 /// The keys of one successful fetch.
@@ -217,8 +241,26 @@ impl KeyCache {
             }
             None => self.allowed.iter().copied().find(fits)?,
         };
-        let key = DecodingKey::from_jwk(&jwk).ok()?;
-        Some(PublicKey { kid, algorithm, key })
+        let b64 = |text: &str| URL_SAFE_NO_PAD.decode(text.as_bytes()).ok();
+        let verifier = match &jwk.algorithm {
+            AlgorithmParameters::RSA(params) => {
+                Verifier::Rsa(RsaPublicKeyComponents { n: b64(&params.n)?, e: b64(&params.e)? })
+            }
+            AlgorithmParameters::EllipticCurve(params) => {
+                let (x, y) = (b64(&params.x)?, b64(&params.y)?);
+                if x.len() != 32 || y.len() != 32 {
+                    return None;
+                }
+                // SEC 1 uncompressed point: 0x04 || x || y.
+                let point = [&[0x04][..], &x, &y].concat();
+                Verifier::Other(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point))
+            }
+            AlgorithmParameters::OctetKeyPair(params) => {
+                Verifier::Other(UnparsedPublicKey::new(&ED25519, b64(&params.x)?))
+            }
+            _ => return None,
+        };
+        Some(PublicKey { kid, algorithm, verifier })
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, DiscoveryError> {
