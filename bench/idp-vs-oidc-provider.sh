@@ -115,6 +115,10 @@ if [ "$BUILD" = 1 ]; then
     (cd "$ROOT" && cargo build --release -p ferrobank)
 fi
 [ -x "$BIN" ] || { echo "missing $BIN (build it or drop --no-build)" >&2; exit 1; }
+# The commit the binary was built from, read now: others may commit while this runs.
+BUILT_COMMIT=$(cd "$ROOT" && git rev-parse --short=12 HEAD)
+BUILT_DIRTY=$(cd "$ROOT" && git status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock)
+[ "$BUILD" = 1 ] || BUILT_DIRTY="--no-build: HEAD at the start; the binary may be older"
 
 # Starts a server in the background and waits for the line announcing its URL; sets
 # SERVER_PID and URL. $1: label, $2: sed expression printing the URL, then the command.
@@ -199,7 +203,7 @@ run_bench oidc_provider "${CC_ARGS[@]}" --cc-only --server-pid "$SERVER_PID" \
 stop_server
 
 # 4. The report: the section between the markers in $OUT, replaced (or appended).
-export BENCH_COMMAND="$COMMAND" ROOT OIDC_DIR WARMUP_S
+export BENCH_COMMAND="$COMMAND" ROOT OIDC_DIR WARMUP_S BUILT_COMMIT BUILT_DIRTY
 export BENCH_EFFECTIVE="bench/idp-vs-oidc-provider.sh --cc-clients $CC_CLIENTS --login-clients $LOGIN_CLIENTS --duration-s $DURATION_S --warmup-s $WARMUP_S --validations $VALIDATIONS"
 python3 - "$WORK" "$OUT" <<'PY'
 import datetime, json, os, re, subprocess, sys
@@ -260,8 +264,7 @@ def cc_row(name, run, cpu_note):
 meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo"))
 ram_gb = int(meminfo["MemTotal"].split()[0]) / 1024 / 1024
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
-commit = sh("git", "rev-parse", "--short=12", "HEAD")
-dirty = sh("git", "status", "--porcelain", "--untracked-files=no", "--", "crates", "Cargo.toml", "Cargo.lock")
+commit, dirty = os.environ["BUILT_COMMIT"], os.environ["BUILT_DIRTY"]
 node_version = sh("node", "--version")
 op_version = json.load(open(os.path.join(os.environ["OIDC_DIR"], "node_modules/oidc-provider/package.json")))["version"]
 cores = inproc["bench"]["cores"]
@@ -276,7 +279,7 @@ section = f"""{BEGIN}
 ## Identity provider
 
 Produced by `{os.environ['BENCH_COMMAND'].strip()}` (that is, `{os.environ['BENCH_EFFECTIVE']}`) on
-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit `{commit}`{' (with uncommitted changes under crates/)' if dirty else ''}; a run of its own, separate
+{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, binary built from commit `{commit}`{(' (with uncommitted changes under crates/)' if not dirty.startswith('--no-build') else ' (' + dirty + ')') if dirty else ''}; a run of its own, separate
 from the ledger figures above. Re-run the command to reproduce it.
 
 **Machine:** {cores} CPU ({cpu}), {ram_gb:.1f} GiB RAM; Node.js {node_version}, oidc-provider {op_version}.
