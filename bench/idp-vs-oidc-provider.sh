@@ -248,6 +248,7 @@ def token(run):
 
 cc_in, cc_fb, cc_node = inproc["bench"]["cc"], serve["bench"]["cc"], node["bench"]["cc"]
 login, val = inproc["bench"]["login"], inproc["bench"]["validation"]
+first = inproc["bench"]["validation_first_sight"]
 rate_ratio = ratio(cc_fb["grants_per_s"], cc_node["grants_per_s"])
 cpu_ratio = ratio(cc_fb["per_cpu_s"], cc_node["per_cpu_s"])
 duration = cc_fb["duration_s"]
@@ -318,7 +319,8 @@ grants/s **{rate_ratio:.2f}x**; grants per server CPU-second **{cpu_ratio:.2f}x*
 | password logins/s ({login['clients']} concurrent; authorization request + login form POST, 303 with a code; argon2id with OWASP's parameters, 19 MiB, t=2, p=1) | **{login['logins_per_s']:.1f}** ({login['ok']} ok / {login['failed']} failed) |
 | login latency ms (whole flow) | p50 {login['p50_ms']:.1f}, p99 {login['p99_ms']:.1f}, p99.9 {login['p999_ms']:.1f} |
 | logins per CPU-second of the process (app + generator) | {num(login_per_cpu, '.1f')} |
-| token validation in the library (`TokenValidator::validate`, the same RS256 token {val['count']} times, one thread) | mean **{val['mean_us']:.1f} µs** ({val['per_s']:.0f}/s); p50 {val['p50_us']:.1f}, p99 {val['p99_us']:.1f}, p99.9 {val['p999_us']:.1f} µs |
+| token validation in the library, first sight (`TokenValidator::validate`, {first['count']} distinct RS256 tokens once each, one thread: the signature is verified) | mean **{first['mean_us']:.1f} µs** ({first['per_s']:.0f}/s); p50 {first['p50_us']:.1f}, p99 {first['p99_us']:.1f}, p99.9 {first['p999_us']:.1f} µs |
+| token validation in the library, repeated (the same token {val['count']} times, as a client re-presents it: served by the cache of verified tokens, keyed by the token's SHA-256, bounded, expiring with the token and with its key) | mean **{val['mean_us']:.1f} µs** ({val['per_s']:.0f}/s); p50 {val['p50_us']:.1f}, p99 {val['p99_us']:.1f}, p99.9 {val['p999_us']:.1f} µs |
 | process RSS at the end / peak (app + generator, after all of the above) | {mb(inproc['bench']['rss_kb'])} MB / **{mb(peak_in)} MB** |
 
 ### Keycloak's published sizing, for scale
@@ -336,7 +338,7 @@ three-Pod cluster; these are plain HTTP with keep-alive on loopback. Orders of m
 | target | measured | |
 |---|---|---|
 | >= 1,000 client-credentials grants/s per core with RS256 | {num(cc_fb['per_cpu_s'])} grants per server CPU-second (`ferrobank serve`); {cc_fb['grants_per_s']:.0f} grants/s on {cores} shared cores | {met((cc_fb['per_cpu_s'] or 0) >= 1000)} |
-| token validation < 20 µs | mean {val['mean_us']:.1f} µs, p99 {val['p99_us']:.1f} µs | {met(val['mean_us'] < 20)} |
+| token validation < 20 µs | repeated token: mean {val['mean_us']:.1f} µs, p99 {val['p99_us']:.1f} µs; first sight of a token: mean {first['mean_us']:.1f} µs | {met(val['mean_us'] < 20)} for a re-presented token; {met(first['mean_us'] < 20)} for a first sight (RSA-2048 verification in ring) |
 | RSS < 150 MB | {mb(peak_in)} MB peak in-process (after logins), {mb(peak_fb)} MB `ferrobank serve` under client credentials | {met(rss_ok)} |
 """ + ("".join(f"\nFailed requests in {name}: {error}\n" for name, error in failures.items())) + f"""
 ### Conditions

@@ -588,3 +588,55 @@ server.serve_forever()
     };
     assert!(matches!(TokenValidator::new(&bad), Err(ConfigError::CaFile { .. })));
 }
+
+/// Verified tokens are remembered, but never beyond their `exp` nor past a JWKS change
+/// that drops their key.
+#[tokio::test]
+async fn remembered_tokens_still_expire_and_die_with_their_key() {
+    let idp = Idp::start(idp_jwks()).await;
+    let validator = validator(&OidcConfig {
+        leeway_s: 0,
+        jwks_refresh_after_ms: 50,
+        jwks_refresh_min_interval_ms: 50,
+        jwks_max_staleness_ms: 60_000,
+        ..config(&idp)
+    });
+    let mut short = claims(&idp.issuer());
+    short["exp"] = (get_current_timestamp() + 1).into();
+    let token = rs256(&short);
+    validator.validate(&token).await.unwrap();
+    validator.validate(&token).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match validator.validate(&token).await {
+            Err(TokenError::Expired) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("a remembered token outlived its exp: {other:?}"),
+        }
+    }
+
+    let token = rs256(&claims(&idp.issuer()));
+    validator.validate(&token).await.unwrap();
+    let mut without = idp_jwks();
+    without["keys"].as_array_mut().unwrap().retain(|k| k["kid"] != "rsa-1");
+    // Rotated: another RSA key replaces it (a set with no usable key at all would be
+    // treated as an IdP fault, and the previous keys would keep serving within the bound).
+    without["keys"].as_array_mut().unwrap().push(public_jwk(
+        ATTACKER_RSA,
+        Algorithm::RS256,
+        "rsa-2",
+    ));
+    idp.publish(without);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match validator.validate(&token).await {
+            Err(TokenError::UnknownKid) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("a remembered token outlived its key: {other:?}"),
+        }
+    }
+}
