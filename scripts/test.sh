@@ -100,12 +100,15 @@ api_contract() {
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   local password='Contract-Passw0rd-1' secret=contract-client-secret token
   (cd "$dir" && FERROBANK_IDENTITY__DEV_PASSWORD=$password FERROBANK_IDENTITY__DEV_CLIENT_SECRET=$secret \
-    exec "$PWD_ROOT/target/debug/ferrobank" up --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
+    exec "${CARGO_TARGET_DIR:-$PWD_ROOT/target}/debug/ferrobank" up --listen "127.0.0.1:$port" >"$dir/up.log" 2>&1) &
   pid=$!
-  for _ in $(seq 1 100); do
+  # The first start generates the realm's RSA signing key: allow a debug build a minute.
+  for _ in $(seq 1 600); do
     curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
+  curl -fsS "http://127.0.0.1:$port/ready" >/dev/null 2>&1 || { cat "$dir/up.log" >&2; log "ferrobank up did not become ready"; }
   # As the customer alice, through the login page: the API as a real caller sees it.
   token=$(CLIENT_SECRET=$secret "$PWD_ROOT/scripts/login.sh" \
     "http://127.0.0.1:$port/realms/banking" alice "$password") || status=$?
