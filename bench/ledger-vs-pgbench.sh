@@ -423,6 +423,11 @@ running `rustc` processes once a second. {('Other compilation was running during
 {text('transfer.sql')}
 ```
 """
-open(out, "w").write(lines)
+# Keep the sections other benchmark scripts own (between their begin/end markers).
+kept = ""
+if os.path.exists(out):
+    previous = open(out).read()
+    kept = "".join("\n" + m.group(0) + "\n" for m in re.finditer(r"<!-- ([a-z-]+):begin -->.*?<!-- \1:end -->", previous, re.S))
+open(out, "w").write(lines + kept)
 print(f"wrote {out}: ferrobank {pg['bench']['transfers_per_s']:.0f}/s vs pgbench {pgb['tps']:.0f} tps = {ratio_uniform:.2f}x")
 PY
