@@ -35,6 +35,18 @@ async fn provider(db: &TestDatabase, clock: Arc<ManualClock>) -> IdentityProvide
     idp
 }
 
+/// The web app's authorization request, with RFC 7636 Appendix B's PKCE challenge.
+fn web_app_request() -> AuthorizeRequest {
+    AuthorizeRequest {
+        response_type: Some("code".into()),
+        client_id: Some("banking-web-app".into()),
+        redirect_uri: Some("http://localhost:3000/cb".into()),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        code_challenge_method: Some("S256".into()),
+        ..AuthorizeRequest::default()
+    }
+}
+
 fn gateway() -> ClientAuth {
     ClientAuth {
         basic: Some(("banking-api-gateway".into(), SECRET.into())),
@@ -87,14 +99,7 @@ async fn login_pages_and_sessions_expire(backend: Backend) {
         ..NewUser::default()
     };
     idp.create_user("banking", user).await.unwrap();
-    let request = AuthorizeRequest {
-        response_type: Some("code".into()),
-        client_id: Some("banking-web-app".into()),
-        redirect_uri: Some("http://localhost:3000/cb".into()),
-        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
-        code_challenge_method: Some("S256".into()),
-        ..AuthorizeRequest::default()
-    };
+    let request = web_app_request();
     let LoginOutcome::Page(page) = idp.authorize("banking", &request, None) else {
         panic!("a login page")
     };
@@ -173,14 +178,7 @@ async fn keycloak_hashed_passwords_import_and_are_upgraded_at_login() {
     };
     assert!(stored(&idp).starts_with("$keycloak-pbkdf2-sha256$i=27500$"));
 
-    let request = AuthorizeRequest {
-        response_type: Some("code".into()),
-        client_id: Some("banking-web-app".into()),
-        redirect_uri: Some("http://localhost:3000/cb".into()),
-        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
-        code_challenge_method: Some("S256".into()),
-        ..AuthorizeRequest::default()
-    };
+    let request = web_app_request();
     let login = |password: &'static str| {
         let idp = &idp;
         let request = &request;

@@ -42,13 +42,13 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/realms/{realm}/.well-known/openid-configuration", get(discovery))
         .route(&format!("{oidc}/certs"), get(certs))
-        .route(&format!("{oidc}/auth"), get(authorize).post(authorize_post))
+        .route(&format!("{oidc}/auth"), get(authorize).post(authorize))
         .route("/realms/{realm}/login-actions/authenticate", post(authenticate))
         .route(&format!("{oidc}/token"), post(token))
         .route(&format!("{oidc}/token/introspect"), post(introspect))
         .route(&format!("{oidc}/revoke"), post(revoke))
         .route(&format!("{oidc}/userinfo"), get(userinfo).post(userinfo_post))
-        .route(&format!("{oidc}/logout"), get(logout).post(logout_post))
+        .route(&format!("{oidc}/logout"), get(logout).post(logout))
         .merge(admin::routes())
 }
 
@@ -151,33 +151,40 @@ async fn certs(Idp(idp): Idp, Path(realm): Path<String>) -> Response {
     }
 }
 
+/// The parameters of a browser request to an endpoint OpenID Connect lets clients call with
+/// GET (query) or POST (form body): the authorization and end-session endpoints (OIDC Core
+/// §3.1.2.1, RP-Initiated Logout §2). A malformed one is an error page, never a redirect.
+struct BrowserParams<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState>
+    for BrowserParams<T>
+{
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        let parsed = if request.method() == axum::http::Method::POST {
+            Form::<T>::from_request(request, state).await.map(|Form(t)| t).ok()
+        } else {
+            Query::<T>::try_from_uri(request.uri()).map(|Query(t)| t).ok()
+        };
+        parsed.map(BrowserParams).ok_or_else(|| {
+            html(
+                StatusCode::BAD_REQUEST,
+                pages::message("Invalid request", "The request is malformed."),
+            )
+        })
+    }
+}
+
 async fn authorize(
     Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<AuthorizeRequest>, axum::extract::rejection::QueryRejection>,
+    BrowserParams(request): BrowserParams<AuthorizeRequest>,
 ) -> Response {
-    let Ok(Query(request)) = query else {
-        return html(
-            StatusCode::BAD_REQUEST,
-            pages::message("Invalid request", "The sign-in link is malformed."),
-        );
-    };
-    authorize_with(&idp, realm, headers, request)
-}
-
-async fn authorize_post(
-    Idp(idp): Idp,
-    Path(realm): Path<String>,
-    headers: HeaderMap,
-    form: Result<Form<AuthorizeRequest>, FormRejection>,
-) -> Response {
-    let Ok(Form(request)) = form else {
-        return html(
-            StatusCode::BAD_REQUEST,
-            pages::message("Invalid request", "The sign-in request is malformed."),
-        );
-    };
     authorize_with(&idp, realm, headers, request)
 }
 
@@ -412,29 +419,8 @@ async fn logout(
     Idp(idp): Idp,
     Path(realm): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<LogoutRequest>, axum::extract::rejection::QueryRejection>,
+    BrowserParams(request): BrowserParams<LogoutRequest>,
 ) -> Response {
-    let Ok(Query(request)) = query else {
-        return html(
-            StatusCode::BAD_REQUEST,
-            pages::message("Invalid request", "The logout link is malformed."),
-        );
-    };
-    logout_with(&idp, realm, headers, request)
-}
-
-async fn logout_post(
-    Idp(idp): Idp,
-    Path(realm): Path<String>,
-    headers: HeaderMap,
-    form: Result<Form<LogoutRequest>, FormRejection>,
-) -> Response {
-    let Ok(Form(request)) = form else {
-        return html(
-            StatusCode::BAD_REQUEST,
-            pages::message("Invalid request", "The logout request is malformed."),
-        );
-    };
     logout_with(&idp, realm, headers, request)
 }
 
