@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::dto;
+use super::idp::admin;
 use super::ledger;
 use super::problem::{PROBLEM_JSON, Problem};
 
@@ -17,15 +18,20 @@ use super::problem::{PROBLEM_JSON, Problem};
         ledger::open_account, ledger::get_account, ledger::get_balances, ledger::get_history,
         ledger::create_transfer, ledger::create_transfers, ledger::get_transfer,
         ledger::post_pending, ledger::void_pending,
+        admin::list_users, admin::create_user, admin::get_user, admin::update_user,
+        admin::delete_user, admin::reset_password, admin::user_roles, admin::add_roles,
+        admin::remove_roles, admin::list_roles, admin::rotate_keys,
     ),
     components(schemas(
         Problem, dto::OpenAccountRequest, dto::AccountDto, dto::AccountFlagsDto, dto::BalancesDto,
         dto::TransferRequest, dto::TransferFlagsDto, dto::TransferDto, dto::TransferBatchRequest,
         dto::TransferBatchResponse, dto::TransferResultDto, dto::ResolveRequest,
-        dto::HistoryPageDto, dto::HistoryEntryDto,
+        dto::HistoryPageDto, dto::HistoryEntryDto, admin::UserRepresentation,
+        admin::CredentialRepresentation, admin::RoleRepresentation,
     )),
     tags((name = "accounts", description = "Open accounts, read balances and history"),
-         (name = "transfers", description = "Move money: posted transfers, holds, posts and voids")),
+         (name = "transfers", description = "Move money: posted transfers, holds, posts and voids"),
+         (name = "admin", description = "Identity provider administration (Keycloak-shaped), for `banking-admin`. The OpenID Connect endpoints themselves are described by each realm's discovery document, `/realms/{realm}/.well-known/openid-configuration`.")),
 )]
 pub struct ApiDoc;
 
@@ -88,7 +94,8 @@ pub fn document() -> Value {
         ];
         // Anonymous access is allowed too: authentication is opt-in per deployment.
         operation.insert("security".into(), json!([{}, { "bearerAuth": [] }]));
-        if method == "post" {
+        let has_body = operation.contains_key("requestBody");
+        if method == "post" || has_body {
             shared.extend([
                 ("400", problem("Malformed JSON or an invalid Idempotency-Key")),
                 ("409", problem("Idempotency-Key still in flight, or the id is taken")),
@@ -96,6 +103,8 @@ pub fn document() -> Value {
                 ("415", problem("Content-Type is not application/json")),
                 ("422", problem("Invalid request, or refused by a ledger rule")),
             ]);
+        }
+        if method == "post" && !admin_operation(operation) {
             let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
             if let Some(parameters) = parameters.as_array_mut() {
                 parameters.push(idempotency_key.clone());
@@ -109,6 +118,15 @@ pub fn document() -> Value {
         }
     }
     doc
+}
+
+/// Whether an operation belongs to the identity provider's admin API (Keycloak's shape: no
+/// `Idempotency-Key`; creating a user twice is a 409 by username).
+fn admin_operation(operation: &serde_json::Map<String, Value>) -> bool {
+    operation
+        .get("tags")
+        .and_then(Value::as_array)
+        .is_some_and(|tags| tags.iter().any(|t| t == "admin"))
 }
 
 /// `GET /api/docs`: every operation with its summary, rendered without scripts or CDNs.

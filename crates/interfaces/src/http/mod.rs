@@ -4,7 +4,7 @@ mod docs;
 pub mod dto;
 pub mod extract;
 pub mod idempotency;
-mod idp;
+pub(crate) mod idp;
 mod ledger;
 mod observe;
 pub mod problem;

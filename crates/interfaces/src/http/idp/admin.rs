@@ -42,9 +42,9 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// `UserRepresentation`, as read and written.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UserRepresentation {
+pub struct UserRepresentation {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,9 +74,9 @@ struct UserRepresentation {
 }
 
 /// `CredentialRepresentation` (passwords only).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CredentialRepresentation {
+pub struct CredentialRepresentation {
     #[serde(rename = "type")]
     kind: String,
     value: String,
@@ -85,9 +85,9 @@ struct CredentialRepresentation {
 }
 
 /// `RoleRepresentation` (realm roles, by name).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RoleRepresentation {
+pub struct RoleRepresentation {
     name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     id: Option<String>,
@@ -97,9 +97,10 @@ struct RoleRepresentation {
     composite: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
     search: Option<String>,
     username: Option<String>,
     email: Option<String>,
@@ -177,7 +178,15 @@ fn admin(
     Ok(idp)
 }
 
-async fn list_users(
+/// Users of the realm, searched by username, email or name (Keycloak's `search`).
+#[utoipa::path(get, path = "/admin/realms/{realm}/users", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ListQuery),
+    responses(
+        (status = 200, description = "Users", body = [UserRepresentation]),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_users(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(realm): ApiPath<String>,
@@ -196,7 +205,16 @@ async fn list_users(
     Ok(Json(users.iter().map(represent).collect::<Vec<_>>()).into_response())
 }
 
-async fn create_user(
+/// Create a user (optionally with a password credential and realm roles).
+#[utoipa::path(post, path = "/admin/realms/{realm}/users", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name")),
+    request_body = UserRepresentation,
+    responses(
+        (status = 201, description = "Created; `Location` names the user"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username or email taken", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(realm): ApiPath<String>,
@@ -236,7 +254,15 @@ async fn create_user(
         .into_response())
 }
 
-async fn get_user(
+/// One user.
+#[utoipa::path(get, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = UserRepresentation),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_user(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -246,7 +272,16 @@ async fn get_user(
     Ok(Json(represent(&user)).into_response())
 }
 
-async fn update_user(
+/// Update a user's profile, enabled flag and required actions.
+#[utoipa::path(put, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    request_body = UserRepresentation,
+    responses(
+        (status = 204, description = "Updated"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_user(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -274,7 +309,15 @@ async fn update_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn delete_user(
+/// Delete a user and end their sessions.
+#[utoipa::path(delete, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_user(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -284,7 +327,16 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn reset_password(
+/// Set a user's password (checked against the realm's policy and history).
+#[utoipa::path(put, path = "/admin/realms/{realm}/users/{id}/reset-password", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    request_body = CredentialRepresentation,
+    responses(
+        (status = 204, description = "Set"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reset_password(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -303,7 +355,15 @@ async fn reset_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn user_roles(
+/// A user's directly assigned realm roles.
+#[utoipa::path(get, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "Roles", body = [RoleRepresentation]),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn user_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -337,7 +397,16 @@ async fn change_roles(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn add_roles(
+/// Grant realm roles to a user.
+#[utoipa::path(post, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    request_body = [RoleRepresentation],
+    responses(
+        (status = 204, description = "Granted"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -346,7 +415,16 @@ async fn add_roles(
     change_roles(state, headers, realm, id, roles, true).await
 }
 
-async fn remove_roles(
+/// Take realm roles from a user (their sessions end).
+#[utoipa::path(delete, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    request_body = [RoleRepresentation],
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn remove_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath((realm, id)): ApiPath<(String, String)>,
@@ -355,7 +433,15 @@ async fn remove_roles(
     change_roles(state, headers, realm, id, roles, false).await
 }
 
-async fn list_roles(
+/// The realm's roles.
+#[utoipa::path(get, path = "/admin/realms/{realm}/roles", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name")),
+    responses(
+        (status = 200, description = "Roles", body = [RoleRepresentation]),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such realm", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(realm): ApiPath<String>,
@@ -375,7 +461,14 @@ async fn list_roles(
     Ok(Json(roles).into_response())
 }
 
-async fn rotate_keys(
+/// Rotate the realm's signing key; the previous key stays published until its tokens expire.
+#[utoipa::path(post, path = "/admin/realms/{realm}/keys/rotate", tag = "admin",
+    params(("realm" = String, Path, description = "Realm name")),
+    responses(
+        (status = 200, description = "The new key's `kid`"),
+        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rotate_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiPath(realm): ApiPath<String>,

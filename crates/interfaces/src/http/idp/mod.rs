@@ -7,7 +7,7 @@
 //! The OAuth endpoints answer errors in OAuth's format (RFC 6749 §5.2, RFC 6750 §3), which
 //! OAuth clients parse; the admin API answers problem+json like the rest of ferrobank.
 
-mod admin;
+pub(crate) mod admin;
 mod pages;
 
 use std::sync::Arc;
