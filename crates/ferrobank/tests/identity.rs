@@ -571,6 +571,13 @@ async fn token_endpoint_grants_only_what_the_client_may_use() {
     assert!(
         response.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic")
     );
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(
+        "ferrobank_idp_token_requests_total{realm=\"banking\",grant_type=\"client_credentials\",result=\"issued\"}"
+    ));
+    assert!(metrics.contains(
+        "ferrobank_idp_token_requests_total{realm=\"banking\",grant_type=\"any\",result=\"invalid_client\"}"
+    ));
     type Case<'a> = (&'a [(&'a str, &'a str)], (&'a str, &'a str), &'a str);
     let cases: [Case; 5] = [
         (
@@ -691,6 +698,17 @@ async fn brute_force_locks_with_the_same_message_and_no_timing_tell() {
     assert_eq!(error, invalid);
     let (status, _, _) = attempt("bystander", TEST_PASSWORD).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // Operators see it: failures, successes and lockouts are counted for alerting.
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("ferrobank_idp_lockouts_total{realm=\"banking\"}"), "{metrics}");
+    assert!(
+        metrics
+            .contains("ferrobank_idp_password_checks_total{realm=\"banking\",outcome=\"failure\"}")
+    );
+    assert!(
+        metrics
+            .contains("ferrobank_idp_password_checks_total{realm=\"banking\",outcome=\"success\"}")
+    );
 
     // Timing: an unknown user costs the same argon2 verification as a known one.
     let mut known = Vec::new();

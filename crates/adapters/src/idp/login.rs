@@ -473,6 +473,9 @@ impl IdentityProvider {
         let brute_force = state.settings.brute_force;
         let locked = brute_force.enabled
             && self.sessions().failures.get(&key).is_some_and(|f| f.locked(now_ms));
+        let outcome = if matches && user.enabled && !locked { "success" } else { "failure" };
+        metrics::counter!("ferrobank_idp_password_checks_total", "realm" => state.name.clone(), "outcome" => outcome)
+            .increment(1);
         if matches && user.enabled && !locked {
             self.sessions().failures.remove(&key);
             if user.password.as_deref().is_some_and(password::needs_rehash) {
@@ -531,6 +534,8 @@ impl IdentityProvider {
                 }
             }
             Verdict::TemporarilyLocked => {
+                metrics::counter!("ferrobank_idp_lockouts_total", "realm" => state.name.clone())
+                    .increment(1);
                 tracing::warn!(realm = %state.name, user = %user.id, "brute force: user temporarily locked");
             }
             Verdict::Counted => {}

@@ -140,8 +140,16 @@ impl IdentityProvider {
             client_secret: auth.client_secret.clone().or(req.client_secret.clone()),
             basic: auth.basic.clone(),
         };
-        let client = self.client(&state, &auth)?;
-        match req.grant_type.as_deref() {
+        let client = match self.client(&state, &auth) {
+            Ok(client) => client,
+            Err(error) => {
+                let realm = state.name.clone();
+                metrics::counter!("ferrobank_idp_token_requests_total", "realm" => realm, "grant_type" => "any", "result" => error.error)
+                    .increment(1);
+                return Err(error);
+            }
+        };
+        let outcome = match req.grant_type.as_deref() {
             Some("authorization_code") => self.code_grant(&state, client, req),
             Some("refresh_token") => self.refresh_grant(&state, client, req),
             Some("client_credentials") => self.client_credentials(&state, client, req),
@@ -151,7 +159,18 @@ impl IdentityProvider {
                 "supported: authorization_code, refresh_token, client_credentials",
             )),
             None => Err(OAuthError::request("grant_type is required")),
-        }
+        };
+        // Grant type and error code only: both come from fixed sets, never from the input.
+        let grant: &'static str = match req.grant_type.as_deref() {
+            Some("authorization_code") => "authorization_code",
+            Some("refresh_token") => "refresh_token",
+            Some("client_credentials") => "client_credentials",
+            _ => "other",
+        };
+        let result = outcome.as_ref().map_or_else(|e| e.error, |_| "issued");
+        metrics::counter!("ferrobank_idp_token_requests_total", "realm" => state.name.clone(), "grant_type" => grant, "result" => result)
+            .increment(1);
+        outcome
     }
 
     fn code_grant(
