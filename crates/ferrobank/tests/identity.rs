@@ -373,6 +373,12 @@ async fn code_flow_with_pkce_issues_keycloak_shaped_tokens_the_api_trusts() {
     let again = browser.get(&auth_request(&challenge)).await;
     assert_eq!(again.status, StatusCode::SEE_OTHER, "SSO session skips the form");
     assert!(again.param("code").is_some());
+    // ...unless the client asks for a fresher login (max_age) or any login (prompt=login).
+    for extra in ["&max_age=0", "&prompt=login"] {
+        let page = browser.get(&format!("{}{extra}", auth_request(&challenge))).await;
+        assert_eq!(page.status, StatusCode::OK, "{extra}: the form again");
+        assert!(page.body.contains("name=\"password\""));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,9 @@ pub struct AuthorizeRequest {
     pub code_challenge_method: Option<String>,
     /// `none`, `login`, ...
     pub prompt: Option<String>,
+    /// Longest time since the user last entered credentials, in seconds (OIDC Core
+    /// §3.1.2.1): an older SSO session must log in again.
+    pub max_age: Option<u64>,
     /// Only `query` is supported.
     pub response_mode: Option<String>,
     /// Request objects are not supported.
@@ -251,8 +254,17 @@ impl IdentityProvider {
         let now_ms = self.now_ms();
         let mut sessions = self.sessions();
         // An SSO session from an earlier login skips the form (unless prompt=login).
+        let fresh_enough = |sid: &str| {
+            let max_age_ms =
+                req.max_age.map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
+            sessions
+                .sso
+                .get(sid)
+                .is_some_and(|sso| max_age_ms.is_none_or(|max| now_ms - sso.created_ms < max))
+        };
         if prompt != "login"
             && let Some(sid) = sso_cookie
+            && fresh_enough(sid)
             && let Some(user) = live_sso(&sessions, &state, sid, now_ms)
         {
             let code = self.new_code(
