@@ -994,8 +994,8 @@ async fn health_ready_and_metrics(backend: Backend) {
     app.stop().await;
 }
 
-/// The ledger routes the router serves. The documentation routes themselves
-/// (`/api/openapi.json`, `/api/docs`) are not part of the described API.
+/// The ledger and identity-admin routes the router serves. The documentation routes
+/// themselves (`/api/openapi.json`, `/api/docs`) are not part of the described API.
 const API_ROUTES: &[(&str, &str)] = &[
     ("post", "/api/accounts"),
     ("get", "/api/accounts/{id}"),
