@@ -104,6 +104,9 @@ pub fn document() -> Value {
                 ("422", problem("Invalid request, or refused by a ledger rule")),
             ]);
         }
+        if admin_operation(operation) {
+            shared.push(("403", problem("The caller is not a banking-admin of the realm")));
+        }
         if method == "post" && !admin_operation(operation) {
             let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
             if let Some(parameters) = parameters.as_array_mut() {

@@ -97,6 +97,24 @@ pub struct RoleRepresentation {
     composite: bool,
 }
 
+/// `{realm}` of the admin paths.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RealmPath {
+    /// Realm name.
+    pub realm: String,
+}
+
+/// `{realm}` and `{id}` of the user paths.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct UserPath {
+    /// Realm name.
+    pub realm: String,
+    /// User id.
+    pub id: String,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -180,16 +198,15 @@ fn admin(
 
 /// Users of the realm, searched by username, email or name (Keycloak's `search`).
 #[utoipa::path(get, path = "/admin/realms/{realm}/users", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ListQuery),
+    params(RealmPath, ListQuery),
     responses(
         (status = 200, description = "Users", body = [UserRepresentation]),
         (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_users(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath(realm): ApiPath<String>,
+    ApiPath(RealmPath { realm }): ApiPath<RealmPath>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
@@ -207,17 +224,16 @@ pub async fn list_users(
 
 /// Create a user (optionally with a password credential and realm roles).
 #[utoipa::path(post, path = "/admin/realms/{realm}/users", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name")),
+    params(RealmPath),
     request_body = UserRepresentation,
     responses(
         (status = 201, description = "Created; `Location` names the user"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Username or email taken", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath(realm): ApiPath<String>,
+    ApiPath(RealmPath { realm }): ApiPath<RealmPath>,
     ApiJson(body): ApiJson<UserRepresentation>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
@@ -256,16 +272,15 @@ pub async fn create_user(
 
 /// One user.
 #[utoipa::path(get, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     responses(
         (status = 200, description = "The user", body = UserRepresentation),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_user(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
     let user = idp.user(&realm, &id).map_err(user_problem)?;
@@ -274,17 +289,16 @@ pub async fn get_user(
 
 /// Update a user's profile, enabled flag and required actions.
 #[utoipa::path(put, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     request_body = UserRepresentation,
     responses(
         (status = 204, description = "Updated"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
     ApiJson(body): ApiJson<UserRepresentation>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
@@ -311,16 +325,15 @@ pub async fn update_user(
 
 /// Delete a user and end their sessions.
 #[utoipa::path(delete, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_user(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
     idp.delete_user(&realm, &id).await.map_err(user_problem)?;
@@ -329,17 +342,16 @@ pub async fn delete_user(
 
 /// Set a user's password (checked against the realm's policy and history).
 #[utoipa::path(put, path = "/admin/realms/{realm}/users/{id}/reset-password", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     request_body = CredentialRepresentation,
     responses(
         (status = 204, description = "Set"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn reset_password(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
     ApiJson(body): ApiJson<CredentialRepresentation>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
@@ -357,16 +369,15 @@ pub async fn reset_password(
 
 /// A user's directly assigned realm roles.
 #[utoipa::path(get, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     responses(
         (status = 200, description = "Roles", body = [RoleRepresentation]),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn user_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
     let user = idp.user(&realm, &id).map_err(user_problem)?;
@@ -399,17 +410,16 @@ async fn change_roles(
 
 /// Grant realm roles to a user.
 #[utoipa::path(post, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     request_body = [RoleRepresentation],
     responses(
         (status = 204, description = "Granted"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
     ApiJson(roles): ApiJson<Vec<RoleRepresentation>>,
 ) -> Result<Response, Problem> {
     change_roles(state, headers, realm, id, roles, true).await
@@ -417,17 +427,16 @@ pub async fn add_roles(
 
 /// Take realm roles from a user (their sessions end).
 #[utoipa::path(delete, path = "/admin/realms/{realm}/users/{id}/role-mappings/realm", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name"), ("id" = String, Path, description = "User id")),
+    params(UserPath),
     request_body = [RoleRepresentation],
     responses(
         (status = 204, description = "Removed"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn remove_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath((realm, id)): ApiPath<(String, String)>,
+    ApiPath(UserPath { realm, id }): ApiPath<UserPath>,
     ApiJson(roles): ApiJson<Vec<RoleRepresentation>>,
 ) -> Result<Response, Problem> {
     change_roles(state, headers, realm, id, roles, false).await
@@ -435,16 +444,15 @@ pub async fn remove_roles(
 
 /// The realm's roles.
 #[utoipa::path(get, path = "/admin/realms/{realm}/roles", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name")),
+    params(RealmPath),
     responses(
         (status = 200, description = "Roles", body = [RoleRepresentation]),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such realm", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_roles(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath(realm): ApiPath<String>,
+    ApiPath(RealmPath { realm }): ApiPath<RealmPath>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
     let realm_state = idp.realm(&realm).map_err(idp_problem)?;
@@ -463,15 +471,14 @@ pub async fn list_roles(
 
 /// Rotate the realm's signing key; the previous key stays published until its tokens expire.
 #[utoipa::path(post, path = "/admin/realms/{realm}/keys/rotate", tag = "admin",
-    params(("realm" = String, Path, description = "Realm name")),
+    params(RealmPath),
     responses(
         (status = 200, description = "The new key's `kid`"),
-        (status = 403, description = "Not a banking-admin", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiPath(realm): ApiPath<String>,
+    ApiPath(RealmPath { realm }): ApiPath<RealmPath>,
 ) -> Result<Response, Problem> {
     let idp = admin(&state, &headers, &realm)?;
     let kid = idp.rotate_keys(&realm).await.map_err(idp_problem)?;
