@@ -235,11 +235,12 @@ impl IdentityProvider {
             nonce: grant.nonce.clone(),
             auth_time_s: sso.map(|s| s.created_ms / 1000),
         };
-        let (body, issued) = self.issue(&mut sessions, &token, None, now_ms)?;
+        let (body, issued, jti) = self.register(&mut sessions, &token, None, now_ms)?;
         if let Some(code) = sessions.codes.get_mut(&hash) {
             code.issued = issued;
         }
-        Ok(body)
+        drop(sessions);
+        self.sign_into(&token, &jti, body, now_ms)
     }
 
     fn refresh_grant(
@@ -316,8 +317,9 @@ impl IdentityProvider {
             nonce: None,
             auth_time_s: Some(auth_time_s),
         };
-        let (body, _) = self.issue(&mut sessions, &token, Some(family_id), now_ms)?;
-        Ok(body)
+        let (body, _, jti) = self.register(&mut sessions, &token, Some(family_id), now_ms)?;
+        drop(sessions);
+        self.sign_into(&token, &jti, body, now_ms)
     }
 
     fn client_credentials(
@@ -346,7 +348,7 @@ impl IdentityProvider {
         let now_ms = self.now_ms();
         // No session, no refresh token (Keycloak's `client_credentials.use_refresh_token`
         // default, and RFC 6749 §4.4.3).
-        let access = self.access_token(&token, now_ms)?;
+        let access = self.access_token(&token, &Uuid::new_v4().to_string(), now_ms)?;
         Ok(json!({
             "access_token": access.0,
             "expires_in": token.state.settings.access_token_s,
@@ -358,26 +360,28 @@ impl IdentityProvider {
     }
 
     /// Access, ID and refresh tokens for a user grant. `family` is the family to rotate.
-    fn issue(
+    /// Registers what a user grant issues, under the session lock: the access token's id
+    /// (so that a replayed code or reused refresh token can revoke it) and the rotated
+    /// refresh token. Returns the response body without the signed tokens, what was
+    /// issued, and the access token's id. Signing happens after the lock is released
+    /// ([`IdentityProvider::sign_into`]): RSA signatures must not serialize every login.
+    fn register(
         &self,
         sessions: &mut Sessions,
         grant: &Grant<'_>,
         family: Option<String>,
         now_ms: i64,
-    ) -> Result<(Value, Issued), OAuthError> {
-        let (access, jti, exp_ms) = self.access_token(grant, now_ms)?;
+    ) -> Result<(Map<String, Value>, Issued, String), OAuthError> {
+        let jti = Uuid::new_v4().to_string();
+        let exp_ms = now_ms + secs_ms(grant.state.settings.access_token_s);
         let mut body = Map::new();
-        body.insert("access_token".into(), json!(access));
         body.insert("expires_in".into(), json!(grant.state.settings.access_token_s));
         body.insert("token_type".into(), json!("Bearer"));
         body.insert("not-before-policy".into(), json!(0));
         body.insert("scope".into(), json!(grant.scope));
-        let mut issued = Issued { family: None, access: vec![(jti, exp_ms)] };
+        let mut issued = Issued { family: None, access: vec![(jti.clone(), exp_ms)] };
         if let Some(sid) = &grant.sid {
             body.insert("session_state".into(), json!(sid));
-        }
-        if grant.scope.split(' ').any(|s| s == "openid") {
-            body.insert("id_token".into(), json!(self.id_token(grant, &access, now_ms)?));
         }
         let sid = grant.sid.clone().unwrap_or_default();
         if grant.client.use_refresh_tokens && !sid.is_empty() {
@@ -411,7 +415,23 @@ impl IdentityProvider {
         } else {
             body.insert("refresh_expires_in".into(), json!(0));
         }
-        Ok((Value::Object(body), issued))
+        Ok((body, issued, jti))
+    }
+
+    /// Signs the access token (and the ID token when `openid` was granted) into `body`.
+    fn sign_into(
+        &self,
+        grant: &Grant<'_>,
+        jti: &str,
+        mut body: Map<String, Value>,
+        now_ms: i64,
+    ) -> Result<Value, OAuthError> {
+        let (access, _) = self.access_token(grant, jti, now_ms)?;
+        if grant.scope.split(' ').any(|s| s == "openid") {
+            body.insert("id_token".into(), json!(self.id_token(grant, &access, now_ms)?));
+        }
+        body.insert("access_token".into(), json!(access));
+        Ok(Value::Object(body))
     }
 
     /// The realm roles a token for this grant carries: all of the user's, or only those the
@@ -435,11 +455,13 @@ impl IdentityProvider {
         (realm_roles, client_roles)
     }
 
+    /// Signs the access token with id `jti`; returns it and its expiry (ms).
     fn access_token(
         &self,
         grant: &Grant<'_>,
+        jti: &str,
         now_ms: i64,
-    ) -> Result<(String, String, i64), OAuthError> {
+    ) -> Result<(String, i64), OAuthError> {
         let now_s = now_ms / 1000;
         let exp_s = now_s + i64::try_from(grant.state.settings.access_token_s).unwrap_or(300);
         let (realm_roles, client_roles) = Self::token_roles(grant);
@@ -449,7 +471,6 @@ impl IdentityProvider {
                 aud.push(client.clone());
             }
         }
-        let jti = Uuid::new_v4().to_string();
         let mut claims = Map::new();
         claims.insert("exp".into(), json!(exp_s));
         claims.insert("iat".into(), json!(now_s));
@@ -491,7 +512,7 @@ impl IdentityProvider {
         let key = self.signing_key(&grant.state.name)?;
         let token =
             key.sign("JWT", &claims).map_err(|e| OAuthError::new(500, "server_error", e))?;
-        Ok((token, jti, exp_s * 1000))
+        Ok((token, exp_s * 1000))
     }
 
     fn id_token(
