@@ -40,7 +40,8 @@ enum Command {
     },
     /// Run the given roles (default: every implemented role) against an existing schema.
     Serve {
-        /// Roles to run: `accounts` (the ledger API). More arrive with later services.
+        /// Roles to run: `accounts` (the ledger API), `identity` (the OpenID Connect
+        /// provider); none: both. More arrive with later services.
         roles: Vec<String>,
         #[command(flatten)]
         location: Location,
@@ -137,20 +138,16 @@ impl Cli {
                     Config::load(config_file, &location.overrides(listen).realms(realm_files))?;
                 init_logging(&config);
                 let store = open_store(&config, true).await?;
-                crate::server::serve(config, store, !no_demo).await?;
+                crate::server::serve(config, store, !no_demo, crate::server::Roles::ALL).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Serve { roles, location, listen, migrate, realm_files } => {
-                if let Some(unknown) = roles.iter().find(|r| r.as_str() != "accounts") {
-                    return Err(format!(
-                        "unknown or not yet implemented role `{unknown}`; available: accounts"
-                    ));
-                }
+                let roles = crate::server::Roles::parse(&roles)?;
                 let overrides = location.overrides(listen).realms(realm_files);
                 let config = Config::load(config_file, &overrides)?;
                 init_logging(&config);
                 let store = open_store(&config, migrate).await?;
-                crate::server::serve(config, store, false).await?;
+                crate::server::serve(config, store, false, roles).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Migrate { location } => {

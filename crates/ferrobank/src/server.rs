@@ -37,8 +37,59 @@ pub struct Running {
     shutdown_timeout: Duration,
 }
 
-/// Binds and starts serving; returns at once.
+/// What one process serves: `ferrobank up` everything, `ferrobank serve <role>...` a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The ledger API under `/api`.
+    pub accounts: bool,
+    /// The built-in identity provider under `/realms` and `/admin`.
+    pub identity: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Roles = Roles { accounts: true, identity: true };
+
+    /// From role names; none means every role.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(Self::ALL);
+        }
+        let mut roles = Roles { accounts: false, identity: false };
+        for name in names {
+            match name.as_str() {
+                "accounts" => roles.accounts = true,
+                "identity" => roles.identity = true,
+                other => {
+                    return Err(format!(
+                        "unknown or not yet implemented role `{other}`; available: accounts, identity"
+                    ));
+                }
+            }
+        }
+        Ok(roles)
+    }
+}
+
+/// Binds and starts serving every role; returns at once.
 pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> {
+    start_roles(config, store, Roles::ALL).await
+}
+
+/// Binds and starts serving `roles`; returns at once.
+pub async fn start_roles(
+    config: &Config,
+    store: SqlStore,
+    roles: Roles,
+) -> Result<Running, String> {
+    if roles.identity && !roles.accounts && !config.identity.enabled {
+        return Err("the identity role needs [identity] enabled = true".into());
+    }
+    if roles.accounts && !roles.identity && config.auth.issuer.is_none() {
+        return Err("the accounts role without the identity role needs [auth] issuer: the \
+                    identity role's URL + /realms/<realm>, or Keycloak's (FERROBANK_AUTH__ISSUER)"
+            .into());
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limits = LedgerLimits {
         queue_capacity: config.ledger.queue_capacity,
@@ -53,7 +104,7 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (idp, generated) = match config.identity.enabled {
+    let (idp, generated) = match config.identity.enabled && roles.identity {
         false => (None, Vec::new()),
         true => {
             let (idp, generated) =
@@ -62,6 +113,8 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
         }
     };
     let oidc = match (config.auth.oidc(), &idp) {
+        // No API in this process: nothing to authenticate.
+        _ if !roles.accounts => None,
         (Some(oidc), _) => Some((oidc, true)),
         // The built-in provider's realm, reached over loopback like any issuer: the
         // services trust it through the same discovery and JWKS as they would Keycloak.
@@ -77,7 +130,9 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
     };
     let auth = match oidc {
         None => {
-            tracing::warn!("authentication is off: no [auth] issuer and no built-in provider");
+            if roles.accounts {
+                tracing::warn!("authentication is off: no [auth] issuer and no built-in provider");
+            }
             None
         }
         Some((oidc, external)) => {
@@ -101,6 +156,7 @@ pub async fn start(config: &Config, store: SqlStore) -> Result<Running, String> 
     };
     let state = AppState {
         auth,
+        api: roles.accounts,
         idp: idp.clone(),
         ledger: ledger.clone(),
         idempotency: idempotency.clone(),
@@ -174,9 +230,14 @@ impl Running {
 }
 
 /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
-pub async fn serve(config: Config, store: SqlStore, demo: bool) -> Result<(), String> {
+pub async fn serve(
+    config: Config,
+    store: SqlStore,
+    demo: bool,
+    roles: Roles,
+) -> Result<(), String> {
     let database = crate::config::redact_url(&config.effective_database_url());
-    let running = start(&config, store).await?;
+    let running = start_roles(&config, store, roles).await?;
     let base = format!("http://{}", running.addr);
     println!("ferrobank is up on {base}");
     println!("  API docs   {base}/api/docs");

@@ -1020,7 +1020,8 @@ const API_ROUTES: &[(&str, &str)] = &[
 ];
 
 async fn openapi_describes_every_api_route(backend: Backend) {
-    let app = spawn_app(backend).await;
+    // With the provider, as `ferrobank up` serves: the admin API is mounted too.
+    let app = common::spawn_app_with_idp(backend).await;
     let reply = app.get("/api/openapi.json").await;
     let doc = reply.expect(200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "version: {}", doc["openapi"]);

@@ -241,3 +241,95 @@ async fn realm_import_is_declarative_and_dry_run_shows_the_diff() {
     assert_ne!(code, 0);
     assert!(err.contains("implicitFlowEnabled"), "{err}");
 }
+
+/// Starts `ferrobank serve <roles>` and returns the child and its base URL.
+async fn serve_role(
+    dir: &Workdir,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut command = ferrobank(args, &dir.0);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.ok().flatten() {
+            if let Some(address) = line.strip_prefix("ferrobank is up on ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("{args:?} exited before it was up");
+    })
+    .await
+    .unwrap();
+    // Keep reading stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, address)
+}
+
+/// Split mode: `serve identity` and `serve accounts` as two processes, the accounts role
+/// trusting the identity role through its issuer URL alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_accounts_run_as_separate_roles() {
+    let dir = Workdir::new();
+    let secret = "split-mode-secret-0123456789";
+    let (_identity, idp) = serve_role(
+        &dir,
+        &["serve", "identity", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "idp"],
+        &[("FERROBANK_IDENTITY__DEV_CLIENT_SECRET", secret)],
+    )
+    .await;
+    let issuer = format!("{idp}/realms/banking");
+    let (_accounts, api) = serve_role(
+        &dir,
+        &["serve", "accounts", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "ledger"],
+        &[("FERROBANK_AUTH__ISSUER", &issuer)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{issuer}/protocol/openid-connect/token"))
+        .basic_auth("banking-api-gateway", Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let account = format!("{api}/api/accounts/{}", Uuid::now_v7());
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(status(http.get(&account)).await, 401, "no token");
+    assert_eq!(
+        status(http.get(&account).bearer_auth(token)).await,
+        404,
+        "valid token, no such account"
+    );
+    assert_eq!(status(http.get(&account).bearer_auth(format!("{token}x"))).await, 401);
+    // Each process serves only its role.
+    assert_eq!(status(http.get(format!("{idp}/api/accounts/{}", Uuid::now_v7()))).await, 404);
+    assert_eq!(
+        status(http.get(format!("{api}/realms/banking/.well-known/openid-configuration"))).await,
+        404
+    );
+
+    // The accounts role alone cannot guess whom to trust: it refuses to start.
+    let (code, _, err) = run(&mut ferrobank(
+        &["serve", "accounts", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "ledger2"],
+        &dir.0,
+    ))
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("[auth] issuer"), "{err}");
+}

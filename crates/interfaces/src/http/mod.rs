@@ -59,6 +59,8 @@ pub struct AppState {
     pub auth: Option<Arc<TokenValidator>>,
     /// The built-in identity provider, when this process runs it.
     pub idp: Option<Arc<IdentityProvider>>,
+    /// Whether this process serves the ledger API (`/api/accounts`, `/api/transfers`).
+    pub api: bool,
 }
 
 /// The whole API.
@@ -76,10 +78,14 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         // Outermost: nothing (not even an idempotency claim) happens for an unknown caller.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), extract::authenticate));
-    Router::new()
-        .merge(api)
-        .merge(idp::routes())
-        .route("/api/openapi.json", get(docs::openapi_json))
+    let mut app = Router::new();
+    if state.api {
+        app = app.merge(api);
+    }
+    if state.idp.is_some() {
+        app = app.merge(idp::routes());
+    }
+    app.route("/api/openapi.json", get(docs::openapi_json))
         .route("/api/docs", get(docs::docs_page))
         .route("/health", get(observe::health))
         .route("/ready", get(observe::ready))
