@@ -185,20 +185,11 @@ async fn authorize(
     headers: HeaderMap,
     BrowserParams(request): BrowserParams<AuthorizeRequest>,
 ) -> Response {
-    authorize_with(&idp, realm, headers, request)
-}
-
-fn authorize_with(
-    idp: &IdentityProvider,
-    realm: String,
-    headers: HeaderMap,
-    request: AuthorizeRequest,
-) -> Response {
     if !realm_ok(&realm) {
         return html(StatusCode::NOT_FOUND, pages::message("Not found", "Realm not found."));
     }
     let sso = cookie(&headers, SESSION_COOKIE);
-    login_response(idp, &realm, idp.authorize(&realm, &request, sso.as_deref()))
+    login_response(&idp, &realm, idp.authorize(&realm, &request, sso.as_deref()))
 }
 
 fn login_response(idp: &IdentityProvider, realm: &str, outcome: LoginOutcome) -> Response {
@@ -421,15 +412,6 @@ async fn logout(
     headers: HeaderMap,
     BrowserParams(request): BrowserParams<LogoutRequest>,
 ) -> Response {
-    logout_with(&idp, realm, headers, request)
-}
-
-fn logout_with(
-    idp: &IdentityProvider,
-    realm: String,
-    headers: HeaderMap,
-    request: LogoutRequest,
-) -> Response {
     let sso = cookie(&headers, SESSION_COOKIE);
     let mut response = match idp.logout(&realm, &request, sso.as_deref()) {
         LogoutOutcome::Redirect(location) => Redirect::to(&location).into_response(),
@@ -445,6 +427,6 @@ fn logout_with(
     };
     response
         .headers_mut()
-        .append(header::SET_COOKIE, set_cookie(idp, &realm, SESSION_COOKIE, "", Some(0)));
+        .append(header::SET_COOKIE, set_cookie(&idp, &realm, SESSION_COOKIE, "", Some(0)));
     response
 }
