@@ -6,6 +6,7 @@
 pub mod identity;
 pub mod ledger;
 pub mod money;
+pub mod policy;
 
 pub use identity::{Principal, Role};
 pub use ledger::{
