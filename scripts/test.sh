@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every ferrobank test on this machine, fresh or not: installs and starts what the
-# tests need (PostgreSQL, cargo-nextest), then runs the whole workspace with nextest.
+# tests need (PostgreSQL, Redis, cargo-nextest), then runs the whole workspace with nextest.
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh -E 'test(api)'   # extra arguments go to `cargo nextest run`
@@ -46,6 +46,33 @@ ensure_postgres() {
   # The test database the suites connect through; each test then creates its own.
   psql -q "$TEST_PG_ADMIN_URL" -c 'SELECT 1' >/dev/null
   log "PostgreSQL ready at $PG_HOST:$PG_PORT (role $PG_TEST_ROLE)"
+}
+
+REDIS_HOST=127.0.0.1
+REDIS_PORT=6379
+
+# The rate limiter's shared store (crates/adapters/tests/rate_limit.rs): a throwaway Redis
+# without persistence; each test deletes its own keys.
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "Redis is not installed: installing it with apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  if [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" != PONG ]; then
+    log "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" \
+      --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    for _ in $(seq 1 60); do
+      [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+      sleep 0.5
+    done
+    [ "$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] \
+      || { log "Redis did not start (see /var/log/redis/ci.log)"; exit 1; }
+  fi
+  export FERROBANK_TEST_REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT"
+  log "Redis ready at $REDIS_HOST:$REDIS_PORT"
 }
 
 ensure_nextest() {
@@ -123,6 +150,7 @@ api_contract() {
 
 PWD_ROOT=$PWD
 ensure_postgres
+ensure_redis
 ensure_nextest
 ensure_oidc_provider
 ensure_oic

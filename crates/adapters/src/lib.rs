@@ -5,9 +5,14 @@
 //! conformance suite in `tests/` runs the same cases against both. `oidc` validates
 //! access tokens of one OpenID Connect issuer (discovery, a JWKS cache, RFC 8725 checks).
 //! `realm` reads and checks Keycloak realm files, the configuration of the coming provider.
+//! `rate_limit` keeps the edge's token buckets in memory or in Redis (shared by replicas).
+//! `mtls` issues the development PKI of SPIFFE identities and builds the rustls
+//! configurations with which roles authenticate each other.
 
 pub mod idp;
+pub mod mtls;
 pub mod oidc;
+pub mod rate_limit;
 pub mod realm;
 pub mod sql;
 

@@ -3,6 +3,7 @@
 //! Each use case takes its ports (store, clock) from [`LedgerService`]; a state change and
 //! the outbox event announcing it are committed in one transaction. Transfers go through
 //! a bounded queue and are committed in batches by one writer task (group commit).
+//! `rate_limit` is the port of the edge's per-route, per-client token buckets.
 
 pub mod access;
 pub mod clock;
@@ -10,6 +11,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod outbox;
 pub mod ports;
+pub mod rate_limit;
 
 pub use clock::{Clock, SystemClock};
 pub use idempotency::{IdempotencyStore, KeyClaim};
@@ -17,3 +19,4 @@ pub use ledger::{LedgerError, LedgerLimits, LedgerService, OpenOutcome};
 pub use ports::{
     HistoryEntry, HistoryPage, LedgerStore, LedgerTx, StoreError, VerifyMismatch, VerifyReport,
 };
+pub use rate_limit::{RateDecision, RateLimitError, RateLimiter, TokenBucket};

@@ -75,6 +75,8 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Issue a development CA and one mTLS certificate (SPIFFE id) per role.
+    Certs(crate::certs::CertsArgs),
     /// Load generators that print throughput and latency.
     Bench {
         #[command(subcommand)]
@@ -173,6 +175,7 @@ impl Cli {
                 let store = open_store(&config, true).await?;
                 import_realm(&config, store, &file, dry_run).await
             }
+            Command::Certs(args) => crate::certs::run(config_file, &args),
             Command::Bench { scenario } => scenario.run().await,
         }
     }

@@ -2,6 +2,7 @@
 //! tests can start the real server in-process (`server::start`).
 
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;

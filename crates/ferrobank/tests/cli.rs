@@ -333,3 +333,45 @@ async fn identity_and_accounts_run_as_separate_roles() {
     assert_ne!(code, 0);
     assert!(err.contains("[auth] issuer"), "{err}");
 }
+
+#[tokio::test]
+async fn certs_issues_a_ca_and_a_certificate_per_role_and_keeps_an_existing_ca() {
+    let dir = Workdir::new();
+    let pki = dir.0.join("pki");
+    let (code, stdout, stderr) = run(&mut ferrobank(&["certs", "--dir", "pki"], &dir.0)).await;
+    assert_eq!(code, 0, "{stderr}");
+    for role in ferrobank::certs::ROLES {
+        for file in [format!("{role}.pem"), format!("{role}.key")] {
+            assert!(pki.join(&file).is_file(), "{file}");
+        }
+        let id = format!("spiffe://cluster.local/ns/banking-system/sa/{role}");
+        assert!(stdout.contains(&id), "{stdout}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(pki.join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The files are what the roles load.
+    ferrobank_adapters::mtls::server_config(&pki, "accounts").unwrap();
+    ferrobank_adapters::mtls::client_config(&pki, "gateway").unwrap();
+
+    // A second run keeps the CA (and everything it signed) unless forced.
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    let (code, _, stderr) = run(&mut ferrobank(&["certs", "--dir", "pki"], &dir.0)).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("already exists") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read(pki.join("ca.pem")).unwrap(), ca);
+    let force = ["--force", "--trust-domain", "bank.example", "--namespace", "prod"];
+    let args = [&["certs", "--dir", "pki"][..], &force[..]].concat();
+    let (code, stdout, stderr) = run(&mut ferrobank(&args, &dir.0)).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_ne!(std::fs::read(pki.join("ca.pem")).unwrap(), ca);
+    assert!(stdout.contains("spiffe://bank.example/ns/prod/sa/web"), "{stdout}");
+
+    // Without --dir: the `certs` folder of the data directory.
+    let (code, _, stderr) = run(&mut ferrobank(&["certs", "--data-dir", "state"], &dir.0)).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(dir.0.join("state/certs/ca.pem").is_file());
+}
