@@ -105,13 +105,14 @@ if [ "${#manifests[@]}" -gt 0 ]; then
       --expect-errors tests/deploy/seed-original.expected tests/deploy/seed-original.yaml
   fi
   # Each overlay, rendered.
+  [ "${#overlays[@]}" -eq 0 ] || kubectl=$(kubectl_bin)
   for kustomization in "${overlays[@]}"; do
     overlay=$(dirname "$kustomization")
     name=$(basename "$overlay")
     profile=()
     case "$name" in production) profile=(--profile production) ;; esac
     mkdir -p "$work/rendered/$name"
-    "$(kubectl_bin)" kustomize "$overlay" > "$work/rendered/$name/rendered.yaml"
+    "$kubectl" kustomize "$overlay" > "$work/rendered/$name/rendered.yaml"
     python3 "$MODELS/check.py" "${profile[@]}" --label "$overlay (rendered)" "$work/rendered/$name/rendered.yaml"
     rendered=$((rendered + 1))
   done

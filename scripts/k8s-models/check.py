@@ -322,6 +322,9 @@ def check_authorization_policy(doc, problems):
             for extra in condition:
                 if extra not in ("key", "values", "notValues"):
                     problems.append(f"{at}.when[{j}].{extra}: not supported")
+        # Least privilege: an ALLOW rule names what it grants.
+        if action == "ALLOW" and not rule.get("to"):
+            problems.append(f"{at}: an ALLOW rule without `to` grants every path and method of the workload")
         # An ALLOW rule open to anyone must not reach a protected path: this is how the
         # seed's admin policy went wrong (its `to` became a rule of its own).
         if action == "ALLOW" and not rule.get("from") and not rule.get("when"):
@@ -694,13 +697,128 @@ def validate(docs, profile):
 
 
 # --- self-test -------------------------------------------------------------------------------
+# Known-good documents the self-test breaks one defect at a time (self-contained, so that a
+# broken deploy/ cannot break the self-test itself; they must pass first).
+SELF_TEST_GOOD = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: payment-service, namespace: banking-system}
+spec:
+  selector: {matchLabels: {app: payment-service}}
+  rules:
+    - from: [{source: {requestPrincipals: ["*"]}}]
+      to: [{operation: {methods: [GET, POST], paths: ["/api/payments*"]}}]
+      when: [{key: "request.auth.claims[realm_access][roles]", values: [customer, banking-admin]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: banking-web-service, namespace: banking-system}
+spec:
+  selector: {matchLabels: {app: banking-web-service}}
+  rules:
+    - to: [{operation: {notPaths: ["/api/*", "/metrics"]}}]
+    - from: [{source: {requestPrincipals: ["*"]}}]
+      to: [{operation: {methods: [GET, POST, PUT, DELETE], paths: ["/api/admin", "/api/admin/*"]}}]
+      when: [{key: "request.auth.claims[realm_access][roles]", values: [banking-admin]}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: banking-system}
+spec:
+  jwtRules:
+    - issuer: http://127.0.0.1:8080/realms/banking
+      jwksUri: http://127.0.0.1:8080/realms/banking/protocol/openid-connect/certs
+      audiences: [banking-api]
+      fromHeaders: [{name: Authorization, prefix: "Bearer "}]
+      forwardOriginalToken: true
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: banking-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: banking, namespace: banking-system}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/banking-gateway]
+  http:
+    - name: loans
+      match: [{uri: {prefix: /api/loans}}]
+      route: [{destination: {host: loan-service, port: {number: 8080}}}]
+      timeout: 10s
+      retries: {attempts: 2, perTryTimeout: 10s, retryOn: "connect-failure,refused-stream"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: loan-service, namespace: banking-system}
+spec:
+  host: loan-service
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 3s}
+      http: {http1MaxPendingRequests: 100, maxRetries: 3}
+    outlierDetection: {consecutive5xxErrors: 5, consecutiveGatewayErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ingress-local-rate-limit, namespace: istio-system}
+spec:
+  workloadSelector: {labels: {istio: ingressgateway}}
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match: {context: GATEWAY, listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}}
+      patch:
+        operation: INSERT_FIRST
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            stat_prefix: http_local_rate_limiter
+            token_bucket: {max_tokens: 100, tokens_per_fill: 100, fill_interval: 60s}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata: {name: alerts, namespace: banking-system}
+spec:
+  groups:
+    - name: g
+      rules:
+        - alert: BankingJWTValidationFailure
+          labels: {severity: warning}
+          expr: sum(rate(istio_requests_total{reporter="source", response_code="401"}[5m])) > 0.05
+---
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata: {name: ferrobank-services, namespace: banking-system}
+spec:
+  selector: {matchLabels: {app: accounts-service}}
+  endpoints: [{port: http, path: /metrics}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-ingress-gateway, namespace: banking-system}
+spec:
+  podSelector: {matchLabels: {app: accounts-service}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: istio-system}}, podSelector: {matchLabels: {istio: ingressgateway}}}]
+      ports: [{protocol: TCP, port: 8080}]
+"""
+
+
 def self_test():
     """Each broken document must be refused, for the expected reason."""
-    base = {d["kind"] + "/" + d["metadata"]["name"]: d for path in sorted(glob.glob(os.path.join(ROOT, "deploy", "istio", "*.yaml")))
-            if not path.endswith("kustomization.yaml") for d in yaml.safe_load_all(open(path)) if d}
+    base = {d["kind"] + "/" + d["metadata"]["name"]: stringify_keys(d) for d in yaml.safe_load_all(SELF_TEST_GOOD) if d}
+    good = validate([(f"self-test-good:{key}", doc) for key, doc in base.items()], "base")
+    good = [e for e in good if e.startswith("self-test-good:")]
+    if good:
+        print("self-test FAILED: the known-good documents are refused:\n  " + "\n  ".join(good))
+        return 1
     payment = copy.deepcopy(base["AuthorizationPolicy/payment-service"])
     payment["spec"]["to"] = payment["spec"]["rules"][0].pop("to")
-    circuit = copy.deepcopy(base["DestinationRule/payment-service"])
+    circuit = copy.deepcopy(base["DestinationRule/loan-service"])
     circuit["spec"]["trafficPolicy"]["connectionPool"]["http"].update(
         consecutiveGatewayErrors=5, interval="30s", baseEjectionTime="30s", maxEjectionPercent=50)
     split = copy.deepcopy(base["AuthorizationPolicy/banking-web-service"])
@@ -710,16 +828,17 @@ def self_test():
     params["spec"]["jwtRules"][0]["fromParams"] = ["access_token"]
     audiences = copy.deepcopy(base["RequestAuthentication/jwt"])
     audiences["spec"]["jwtRules"][0]["audiences"] = ["banking-web-app", "banking-api-gateway"]
-    issuer = copy.deepcopy(base["AuthorizationPolicy/accounts-service"])
+    issuer = copy.deepcopy(base["AuthorizationPolicy/payment-service"])
     issuer["spec"]["rules"][0]["from"][0]["source"]["requestPrincipals"] = ["https://auth.banking.local/realms/banking/*"]
     nobody = copy.deepcopy(base["RequestAuthentication/jwt"])
     nobody["spec"]["selector"] = {"matchLabels": {"app": "banking-service"}}
     permissive = copy.deepcopy(base["PeerAuthentication/default"])
+    permissive["spec"]["selector"] = {"matchLabels": {"app": "keycloak"}}
     permissive["spec"]["portLevelMtls"] = {8080: {"mode": "PERMISSIVE"}}
     fault = copy.deepcopy(base["VirtualService/banking"])
-    fault["spec"]["http"][3]["fault"] = {"delay": {"percentage": {"value": 0.1}, "fixedDelay": "5s"}}
+    fault["spec"]["http"][0]["fault"] = {"delay": {"percentage": {"value": 0.1}, "fixedDelay": "5s"}}
     retry = copy.deepcopy(base["VirtualService/banking"])
-    retry["spec"]["http"][3]["retries"]["retryOn"] = "5xx,reset,connect-failure,refused-stream"
+    retry["spec"]["http"][0]["retries"]["retryOn"] = "5xx,reset,connect-failure,refused-stream"
     wasm = copy.deepcopy(base["EnvoyFilter/ingress-local-rate-limit"])
     wasm["spec"]["configPatches"].append({
         "applyTo": "HTTP_FILTER", "match": {"context": "GATEWAY"},
@@ -745,6 +864,7 @@ def self_test():
         ("payment policy with spec.to", payment, "spec.to: unknown field"),
         ("outlier fields under connectionPool.http", circuit, "connectionPool.http.consecutiveGatewayErrors: unknown field"),
         ("admin rule split from its from/when", split, "grants anyone (no from/when) the protected path /api/admin/x"),
+        ("admin rule split: the from/when half", split, "an ALLOW rule without `to` grants every path"),
         ("token from a query parameter", params, "fromParams: not allowed"),
         ("audiences the realm does not issue", audiences, "audiences ['banking-web-app', 'banking-api-gateway']"),
         ("literal issuer in requestPrincipals", issuer, "never a literal issuer"),
