@@ -10,6 +10,7 @@
 //! configurations with which roles authenticate each other.
 
 pub mod idp;
+pub mod istio;
 pub mod mtls;
 pub mod oidc;
 pub mod rate_limit;

@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: RealmCommand,
     },
+    /// Edge policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Ledger operator tools.
     Ledger {
         #[command(subcommand)]
@@ -90,6 +95,20 @@ enum LedgerCommand {
     Verify {
         #[command(flatten)]
         location: Location,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Replay a policy matrix against the Istio YAML and print every subject's access;
+    /// exits 1 when a cell differs from the expectation.
+    Test {
+        /// The directory of Istio resources (the gateway's `[gateway] dir`).
+        #[arg(default_value = "deploy/istio")]
+        dir: PathBuf,
+        /// The matrix (subjects, cases with expected allow/401/403).
+        #[arg(default_value = "POLICY_MATRIX.yaml")]
+        matrix: PathBuf,
     },
 }
 
@@ -148,6 +167,15 @@ impl Cli {
                 let overrides = location.overrides(listen).realms(realm_files);
                 let config = Config::load(config_file, &overrides)?;
                 init_logging(&config);
+                if roles
+                    == (crate::server::Roles { accounts: false, identity: false, gateway: true })
+                {
+                    let running = crate::edge::start_standalone(&config).await?;
+                    println!("ferrobank gateway is up on http://{}", running.addr);
+                    crate::server::shutdown_signal().await;
+                    running.stop().await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let store = open_store(&config, migrate).await?;
                 crate::server::serve(config, store, false, roles).await?;
                 Ok(ExitCode::SUCCESS)
@@ -164,6 +192,18 @@ impl Cli {
                 let config = Config::load(config_file, &location.overrides(None))?;
                 print!("{}", config.redacted_toml());
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Policy { command: PolicyCommand::Test { dir, matrix } } => {
+                let report = crate::policy::run(&dir, &matrix)?;
+                print!("{}", report.table);
+                println!(
+                    "{} of {} cells as expected ({} from {})",
+                    report.cells - report.mismatches,
+                    report.cells,
+                    matrix.display(),
+                    dir.display()
+                );
+                Ok(if report.mismatches == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
             Command::Ledger { command: LedgerCommand::Verify { location } } => {
                 let config = Config::load(config_file, &location.overrides(None))?;

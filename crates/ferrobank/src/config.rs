@@ -37,6 +37,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The built-in OpenID Connect provider.
     pub identity: IdentityConfig,
+    /// The zero-trust edge (Istio YAML enforced in front of the API).
+    pub gateway: GatewaySettings,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -112,6 +114,60 @@ impl Default for IdentityConfig {
     }
 }
 
+/// The edge: `ferrobank serve gateway`, and the same layer in front of `ferrobank up`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// Put the edge in front of `ferrobank up` (needs tokens: the built-in provider or
+    /// `[auth] issuer`; without either the API is unauthenticated and the edge is off).
+    pub enabled: bool,
+    /// Directory of Istio YAML, watched for changes; unset: the copy of `deploy/istio`
+    /// built into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Issuer replacing the YAML's `jwtRules[].issuer` (the laptop's overlay); unset: the
+    /// built-in provider's when it runs in this process, else the YAML's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Where `serve gateway` sends destinations not in `upstreams` (`http://host:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Per destination (`payment-service = "http://127.0.0.1:8083"`).
+    pub upstreams: std::collections::BTreeMap<String, String>,
+    /// Route timeout when the VirtualService sets none, in milliseconds.
+    pub default_timeout_ms: u64,
+    /// Browser origins allowed by CORS; unset: the realm clients' web origins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors_origins: Option<Vec<String>>,
+    /// Redis URL for rate limits shared by replicas; unset: in memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Let requests through when Redis cannot be reached (else 503).
+    pub rate_limit_fail_open: bool,
+    /// How often `dir` is checked for changes, in milliseconds.
+    pub reload_interval_ms: u64,
+    /// Whether clients reach the edge over https (HSTS, `x-forwarded-proto`).
+    pub https: bool,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            issuer: None,
+            upstream: None,
+            upstreams: Default::default(),
+            default_timeout_ms: 15_000,
+            cors_origins: None,
+            redis_url: None,
+            rate_limit_fail_open: true,
+            reload_interval_ms: 2_000,
+            https: false,
+        }
+    }
+}
+
 /// Bearer-token authentication (OpenID Connect access tokens of one issuer).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -178,6 +234,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             identity: IdentityConfig::default(),
+            gateway: GatewaySettings::default(),
             shutdown_timeout_ms: 30_000,
         }
     }

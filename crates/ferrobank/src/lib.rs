@@ -6,5 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod identity;
+pub mod policy;
 pub mod server;

@@ -8,6 +8,7 @@ use ferrobank_adapters::SqlStore;
 use ferrobank_adapters::idp::{Generated, IdentityProvider};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
+use ferrobank_interfaces::gateway::Target;
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -44,25 +45,29 @@ pub struct Roles {
     pub accounts: bool,
     /// The built-in identity provider under `/realms` and `/admin`.
     pub identity: bool,
+    /// The edge (Istio YAML) in front of the other roles, or alone in front of upstreams.
+    pub gateway: bool,
 }
 
 impl Roles {
     /// Every role.
-    pub const ALL: Roles = Roles { accounts: true, identity: true };
+    pub const ALL: Roles = Roles { accounts: true, identity: true, gateway: true };
 
     /// From role names; none means every role.
     pub fn parse(names: &[String]) -> Result<Self, String> {
         if names.is_empty() {
             return Ok(Self::ALL);
         }
-        let mut roles = Roles { accounts: false, identity: false };
+        let mut roles = Roles { accounts: false, identity: false, gateway: false };
         for name in names {
             match name.as_str() {
                 "accounts" => roles.accounts = true,
                 "identity" => roles.identity = true,
+                "gateway" => roles.gateway = true,
                 other => {
                     return Err(format!(
-                        "unknown or not yet implemented role `{other}`; available: accounts, identity"
+                        "unknown or not yet implemented role `{other}`; available: accounts, \
+                         identity, gateway"
                     ));
                 }
             }
@@ -168,9 +173,20 @@ pub async fn start_roles(
         metrics: metrics_handle(),
     };
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let app = router(state);
+    let mut app = router(state);
+    if roles.gateway && config.gateway.enabled {
+        if idp.is_some() || config.auth.issuer.is_some() {
+            let issuer = idp.as_ref().map(|idp| idp.issuer(&config.identity.realm));
+            let gateway = crate::edge::build(config, Target::Local(app), issuer).await?;
+            app = crate::edge::router(gateway);
+        } else {
+            tracing::warn!(
+                "the edge is off: no tokens to verify (no built-in provider, no [auth] issuer)"
+            );
+        }
+    }
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stopped.await;
             })
@@ -263,7 +279,8 @@ pub async fn serve(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

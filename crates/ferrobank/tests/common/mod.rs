@@ -107,6 +107,8 @@ pub async fn spawn_configured(backend: Backend, configure: impl FnOnce(&mut Conf
         database_url: Some(db.url.clone()),
         ..Config::default()
     };
+    // The services themselves; tests/gateway.rs puts the edge in front.
+    config.gateway.enabled = false;
     configure(&mut config);
     let running = server::start(&config, store.clone()).await.unwrap();
     TestApp {
