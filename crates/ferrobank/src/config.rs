@@ -142,6 +142,8 @@ pub struct GatewaySettings {
     /// Redis URL for rate limits shared by replicas; unset: in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Prefix of the rate-limit keys in Redis (deployments sharing one Redis differ here).
+    pub redis_key_prefix: String,
     /// Let requests through when Redis cannot be reached (else 503).
     pub rate_limit_fail_open: bool,
     /// How often `dir` is checked for changes, in milliseconds.
@@ -161,6 +163,7 @@ impl Default for GatewaySettings {
             default_timeout_ms: 15_000,
             cors_origins: None,
             redis_url: None,
+            redis_key_prefix: "ferrobank:ratelimit:".into(),
             rate_limit_fail_open: true,
             reload_interval_ms: 2_000,
             https: false,

@@ -49,9 +49,15 @@ pub async fn build(
     let settings = &config.gateway;
     let limiter: Arc<dyn RateLimiter> = match &settings.redis_url {
         Some(url) => Arc::new(
-            RedisRateLimiter::connect(url, RedisLimiterOptions::default())
-                .await
-                .map_err(|e| format!("gateway rate limiter (Redis): {e}"))?,
+            RedisRateLimiter::connect(
+                url,
+                RedisLimiterOptions {
+                    key_prefix: settings.redis_key_prefix.clone(),
+                    ..RedisLimiterOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("gateway rate limiter (Redis): {e}"))?,
         ),
         None => Arc::new(MemoryRateLimiter::new(MEMORY_LIMITER_KEYS)),
     };
@@ -67,7 +73,8 @@ pub async fn build(
     let gateway = Gateway::new(
         GatewayConfig {
             source,
-            issuer: settings.issuer.clone().or(issuer),
+            // The gateway trusts what the API trusts unless told otherwise.
+            issuer: settings.issuer.clone().or(issuer).or_else(|| config.auth.issuer.clone()),
             default_upstream,
             upstreams,
             max_body_bytes: config.http.max_body_bytes,

@@ -1,0 +1,442 @@
+//! The zero-trust edge, black-box: the policy matrix, the gateway in front of the API
+//! (JWT attacks, path tricks, unauthenticated callers), rate limits in memory and Redis,
+//! circuit breaking, and live reload of the Istio YAML.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{TestApp, TestIdp, poll_until, spawn_configured};
+use ferrobank::config::Config;
+use ferrobank_adapters::Backend;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+const RBAC_DENIED: &str = "RBAC: access denied";
+const JWT_INVALID: &str = "Jwt verification fails";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A private copy of `deploy/istio`, edited by `edit(file name, text)`.
+fn istio_copy(edit: impl Fn(&str, String) -> String) -> tempfile_dir::Dir {
+    let dir = tempfile_dir::Dir::new();
+    for entry in std::fs::read_dir(repo().join("deploy/istio")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(dir.path().join(&name), edit(&name, text)).unwrap();
+    }
+    dir
+}
+
+/// A temporary directory removed on drop (no extra crate needed).
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    #[derive(Debug)]
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new() -> Dir {
+            let path = std::env::temp_dir().join(format!("ferrobank-gw-{}", uuid::Uuid::now_v7()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The API behind the edge, trusting `idp`; `configure` adjusts the rest.
+async fn edge_app(idp: &TestIdp, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let issuer = idp.issuer.clone();
+    spawn_configured(Backend::Sqlite, move |config| {
+        config.identity.enabled = false;
+        config.auth.issuer = Some(issuer);
+        config.gateway.enabled = true;
+        configure(config);
+    })
+    .await
+}
+
+/// Sends `path` byte for byte (no client-side normalization); returns status and body.
+async fn raw_get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, String) {
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_matrix_holds_and_breaking_a_rule_shows_in_it() {
+    let matrix = repo().join("POLICY_MATRIX.yaml");
+    let report = ferrobank::policy::run(&repo().join("deploy/istio"), &matrix).unwrap();
+    assert_eq!(report.mismatches, 0, "{}", report.table);
+    assert!(report.cells > 500, "every role against every route: {} cells", report.cells);
+
+    // The seed's own policies (split admin rule and the rest) fail the same matrix.
+    let seed = ferrobank::policy::run(&repo().join("tests/policy/seed-defects"), &matrix).unwrap();
+    assert!(seed.mismatches > 0, "the seed's defects must show:\n{}", seed.table);
+
+    // Take customers out of the ledger's policy: the matrix notices.
+    let broken = istio_copy(|name, text| {
+        if name != "authorization-policies.yaml" {
+            return text;
+        }
+        let at = text.find("name: accounts-service").unwrap();
+        let (head, tail) = text.split_at(at);
+        format!(
+            "{head}{}",
+            tail.replacen(r#"["customer", "banking-admin"]"#, r#"["banking-admin"]"#, 1)
+        )
+    });
+    let report = ferrobank::policy::run(broken.path(), &matrix).unwrap();
+    assert!(report.mismatches > 0 && report.table.contains("403!=allow"), "{}", report.table);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_in_front_of_the_api_verifies_tokens_and_enforces_the_policies() {
+    let idp = TestIdp::start().await;
+    let app = edge_app(&idp, |_| {}).await;
+    let any = Uuid::now_v7();
+    let customer = idp.token("c-1", &["customer"]);
+
+    // Allowed through the edge: the API itself answers (its own 404 problem).
+    let reply = app.get_as(&customer, &format!("/api/accounts/{any}")).await;
+    assert_eq!(reply.status.as_u16(), 404, "{}", reply.text);
+    assert_eq!(reply.header("ratelimit-policy"), Some("100;w=60"));
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+    assert!(reply.header("x-request-id").is_some());
+
+    // A role the ledger's policy does not name: Envoy's RBAC answer.
+    for roles in [&["risk-analyst"][..], &["loan-officer"], &[]] {
+        let reply = app.get_as(&idp.token("u-2", roles), &format!("/api/accounts/{any}")).await;
+        assert_eq!((reply.status.as_u16(), reply.text.as_str()), (403, RBAC_DENIED), "{roles:?}");
+    }
+
+    // No token: every protected route is denied, public ones stay open.
+    for path in [
+        format!("/api/accounts/{any}"),
+        format!("/api/transfers/{any}"),
+        "/api/payments".into(),
+        "/api/loans/my".into(),
+        "/api/customers/me".into(),
+        "/api/admin/x".into(),
+        "/admin/realms/banking/users".into(),
+        "/metrics".into(),
+    ] {
+        let (status, body) = raw_get(&app, &path, None).await;
+        assert_eq!((status, body.as_str()), (403, RBAC_DENIED), "{path}");
+    }
+    for path in ["/health", "/ready", "/api/openapi.json"] {
+        assert_eq!(raw_get(&app, path, None).await.0, 200, "{path}");
+    }
+
+    // Every token attack is 401 at the edge, before any policy or service.
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut expired = idp.claims("c-1", &["customer"]);
+    expired["exp"] = json!(now - 3600);
+    let mut foreign = idp.claims("c-1", &["customer"]);
+    foreign["iss"] = json!("https://evil.example/realms/banking");
+    let mut wrong_aud = idp.claims("c-1", &["customer"]);
+    wrong_aud["aud"] = json!(["another-api"]);
+    let header_none = base64_url(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#);
+    let payload = base64_url(idp.claims("c-1", &["banking-admin"]).to_string().as_bytes());
+    for (what, token) in [
+        ("signed with another key", idp.forge(&idp.claims("c-1", &["banking-admin"]))),
+        ("expired", idp.sign(&expired)),
+        ("unknown issuer", idp.sign(&foreign)),
+        ("wrong audience", idp.sign(&wrong_aud)),
+        ("alg none", format!("{header_none}.{payload}.")),
+        ("garbage", "not.a.jwt".to_owned()),
+    ] {
+        let reply = app.get_as(&token, &format!("/api/accounts/{any}")).await;
+        assert_eq!((reply.status.as_u16(), reply.text.as_str()), (401, JWT_INVALID), "{what}");
+        assert!(
+            reply.header("www-authenticate").is_some_and(|v| v.contains("invalid_token")),
+            "{what}"
+        );
+    }
+
+    // Path tricks are judged, and forwarded, as the path they mean.
+    let admin_tricks = [
+        "/api/loans/../admin/x",
+        "//api//admin/x",
+        "/api/loans/%2e%2e/admin/x",
+        "/api/admin%2Fx",
+        "/api/admin%5cx",
+        "/api/./admin/x",
+        "/%61pi/admin/x",
+    ];
+    for path in admin_tricks {
+        let (status, body) = raw_get(&app, path, Some(&customer)).await;
+        assert_eq!((status, body.as_str()), (403, RBAC_DENIED), "{path}");
+    }
+    for path in ["/api/admin;x=1/x", "/api/admin%3Bx/x", "/api/%00/x", "/api/%zz"] {
+        let (status, body) = raw_get(&app, path, Some(&customer)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("invalid-path"), "{path}: {body}");
+    }
+    // Into an allowed path: the service receives the normalized path and answers for it.
+    let (status, body) =
+        raw_get(&app, &format!("/api/loans/..%2Faccounts/{any}"), Some(&customer)).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("problem") || body.contains("type"), "{body}");
+
+    // The seed's alert rules count these as Istio does.
+    let metrics = ferrobank_interfaces::metrics_handle().render();
+    assert!(metrics.contains("istio_requests_total{"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("destination_service_name=\"accounts-service\"")
+            && l.contains("response_code=\"403\"")),
+        "{metrics}"
+    );
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `deploy/istio` with the ingress bucket at `max_tokens` per hour.
+fn with_bucket(max_tokens: u32) -> tempfile_dir::Dir {
+    istio_copy(move |name, text| {
+        if name != "rate-limit.yaml" {
+            return text;
+        }
+        text.replace("max_tokens: 100", &format!("max_tokens: {max_tokens}"))
+            .replace("tokens_per_fill: 100", &format!("tokens_per_fill: {max_tokens}"))
+            .replace("fill_interval: 60s", "fill_interval: 1h")
+    })
+}
+
+/// Fires `n` concurrent GET /health at each app; returns (admitted, refused).
+async fn burst(apps: &[&TestApp], n: usize) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for app in apps {
+        for _ in 0..n {
+            let url = format!("{}/health", app.address);
+            let client = app.client.clone();
+            tasks.push(tokio::spawn(async move {
+                let response = client.get(url).send().await.unwrap();
+                let status = response.status().as_u16();
+                if status == 429 {
+                    let retry = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    assert!(retry.is_some_and(|s| s.parse::<u64>().unwrap() > 0), "Retry-After");
+                    assert!(response.headers().get("ratelimit").is_some(), "RateLimit header");
+                    let body = response.text().await.unwrap();
+                    assert!(body.contains("rate-limited"), "{body}");
+                }
+                status
+            }));
+        }
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + refused, statuses.len(), "{statuses:?}");
+    (admitted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_admits_exactly_the_bucket_under_concurrent_load() {
+    let idp = TestIdp::start().await;
+    let dir = with_bucket(7);
+    let path = dir.path().to_owned();
+    let app = edge_app(&idp, |c| c.gateway.dir = Some(path)).await;
+    assert_eq!(burst(&[&app], 60).await, (7, 53));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_limit_through_redis() {
+    let url = std::env::var("FERROBANK_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let idp = TestIdp::start().await;
+    let dir = with_bucket(9);
+    let prefix = format!("ferrobank-test:{}:", Uuid::now_v7());
+    let configure = |c: &mut Config| {
+        c.gateway.dir = Some(dir.path().to_owned());
+        c.gateway.redis_url = Some(url.clone());
+        c.gateway.redis_key_prefix = prefix.clone();
+        c.gateway.rate_limit_fail_open = false;
+    };
+    let one = edge_app(&idp, configure).await;
+    let two = edge_app(&idp, configure).await;
+    assert_eq!(burst(&[&one, &two], 25).await, (9, 41), "one limit for both replicas");
+}
+
+/// An upstream that fails with 500 while `failing` is set, counting the calls it gets.
+async fn flaky_upstream(failing: Arc<AtomicBool>, calls: Arc<AtomicU32>) -> String {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().fallback(move || {
+        let (failing, calls) = (failing.clone(), calls.clone());
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if failing.load(Ordering::SeqCst) {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+const BREAKER_MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: banking-system}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - name: flaky
+    match: [{uri: {prefix: /flaky}}]
+    route: [{destination: {host: flaky-service, port: {number: 8080}}}]
+  - name: retried
+    match: [{uri: {prefix: /retried}}]
+    retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: retried-service, port: {number: 8080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky, namespace: banking-system}
+spec:
+  host: flaky-service
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
+    let (failing, calls) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU32::new(0)));
+    let flaky = flaky_upstream(failing.clone(), calls.clone()).await;
+    let dir = tempfile_dir::Dir::new();
+    std::fs::write(dir.path().join("mesh.yaml"), BREAKER_MESH).unwrap();
+    let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
+    config.gateway.dir = Some(dir.path().to_owned());
+    config.gateway.upstream = Some(flaky.clone());
+    let gateway = ferrobank::edge::start_standalone(&config).await.unwrap();
+    let url = format!("http://{}", gateway.addr);
+    let client = common::client();
+    let get = |path: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let response = client.get(format!("{url}{path}")).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/flaky").await.0, 500, "the upstream's own answer, not retried");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(get("/flaky").await, (503, "no healthy upstream".to_owned()), "the circuit is open");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "an open circuit does not call the upstream");
+
+    failing.store(false, Ordering::SeqCst);
+    poll_until("the ejection to end", Duration::from_secs(5), || async {
+        (get("/flaky").await.0 == 200).then_some(())
+    })
+    .await;
+
+    // A route with retries: one failure then success is invisible to the client.
+    failing.store(true, Ordering::SeqCst);
+    let before = calls.load(Ordering::SeqCst);
+    let retried = {
+        let failing = failing.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            failing.store(false, Ordering::SeqCst);
+        })
+    };
+    let (status, _) = get("/retried").await;
+    retried.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(calls.load(Ordering::SeqCst) >= before + 1);
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_yaml_changes_the_running_gateway_and_a_broken_edit_changes_nothing() {
+    let idp = TestIdp::start().await;
+    let dir = istio_copy(|_, text| text);
+    let path = dir.path().to_owned();
+    let app = edge_app(&idp, |c| {
+        c.gateway.dir = Some(path);
+        c.gateway.reload_interval_ms = 100;
+    })
+    .await;
+    let customer = idp.token("c-1", &["customer"]);
+    let target = format!("/api/accounts/{}", Uuid::now_v7());
+    assert_eq!(
+        app.get_as(&customer, &target).await.status.as_u16(),
+        404,
+        "allowed: the API answers"
+    );
+
+    let policies = dir.path().join("authorization-policies.yaml");
+    let original = std::fs::read_to_string(&policies).unwrap();
+    let at = original.find("name: accounts-service").unwrap();
+    let (head, tail) = original.split_at(at);
+    let without_customers = format!(
+        "{head}{}",
+        tail.replacen(r#"["customer", "banking-admin"]"#, r#"["banking-admin"]"#, 1)
+    );
+    std::fs::write(&policies, &without_customers).unwrap();
+    poll_until("the edit to take effect", Duration::from_secs(10), || async {
+        (app.get_as(&customer, &target).await.status.as_u16() == 403).then_some(())
+    })
+    .await;
+
+    // A broken file is refused; the configuration in force stays.
+    std::fs::write(&policies, format!("{without_customers}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: x, namespace: banking-system}}\nspec: {{action: CUSTOM, rules: [{{}}]}}\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reply = app.get_as(&customer, &target).await;
+    assert_eq!((reply.status.as_u16(), reply.text.as_str()), (403, RBAC_DENIED));
+
+    std::fs::write(&policies, &original).unwrap();
+    poll_until("the restore to take effect", Duration::from_secs(10), || async {
+        (app.get_as(&customer, &target).await.status.as_u16() == 404).then_some(())
+    })
+    .await;
+}
