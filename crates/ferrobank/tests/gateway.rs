@@ -295,14 +295,22 @@ async fn replicas_share_one_limit_through_redis() {
     assert_eq!(burst(&[&one, &two], 25).await, (9, 41), "one limit for both replicas");
 }
 
-/// An upstream that fails with 500 while `failing` is set, counting the calls it gets.
-async fn flaky_upstream(failing: Arc<AtomicBool>, calls: Arc<AtomicU32>) -> String {
+/// An upstream that fails with 500 while `failing` is set (and for the next `fail_next`
+/// calls), counting the calls it gets.
+async fn flaky_upstream(
+    failing: Arc<AtomicBool>,
+    fail_next: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+) -> String {
     use axum::http::StatusCode;
     let app = axum::Router::new().fallback(move || {
-        let (failing, calls) = (failing.clone(), calls.clone());
+        let (failing, fail_next, calls) = (failing.clone(), fail_next.clone(), calls.clone());
         async move {
             calls.fetch_add(1, Ordering::SeqCst);
-            if failing.load(Ordering::SeqCst) {
+            let once = fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing.load(Ordering::SeqCst) || once {
                 StatusCode::INTERNAL_SERVER_ERROR
             } else {
                 StatusCode::OK
@@ -350,7 +358,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
     let (failing, calls) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU32::new(0)));
-    let flaky = flaky_upstream(failing.clone(), calls.clone()).await;
+    let fail_next = Arc::new(AtomicU32::new(0));
+    let flaky = flaky_upstream(failing.clone(), fail_next.clone(), calls.clone()).await;
     let dir = tempfile_dir::Dir::new();
     std::fs::write(dir.path().join("mesh.yaml"), BREAKER_MESH).unwrap();
     let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
@@ -380,19 +389,10 @@ async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
     .await;
 
     // A route with retries: one failure then success is invisible to the client.
-    failing.store(true, Ordering::SeqCst);
+    fail_next.store(1, Ordering::SeqCst);
     let before = calls.load(Ordering::SeqCst);
-    let retried = {
-        let failing = failing.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            failing.store(false, Ordering::SeqCst);
-        })
-    };
-    let (status, _) = get("/retried").await;
-    retried.await.unwrap();
-    assert_eq!(status, 200);
-    assert!(calls.load(Ordering::SeqCst) >= before + 1);
+    assert_eq!(get("/retried").await.0, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), before + 2, "one failed try, one retry");
     gateway.stop().await.unwrap();
 }
 
