@@ -39,6 +39,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The zero-trust edge (Istio YAML enforced in front of the API).
     pub gateway: GatewaySettings,
+    /// The sidecar of split mode (`serve accounts`, `serve identity` without the edge).
+    pub mesh: MeshSettings,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -150,6 +152,10 @@ pub struct GatewaySettings {
     pub reload_interval_ms: u64,
     /// Whether clients reach the edge over https (HSTS, `x-forwarded-proto`).
     pub https: bool,
+    /// A second listener serving only `/stats/prometheus` (Envoy's admin port, 15090 in
+    /// Istio): the edge itself refuses `/metrics` from outside, as the policies say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for GatewaySettings {
@@ -167,7 +173,28 @@ impl Default for GatewaySettings {
             rate_limit_fail_open: true,
             reload_interval_ms: 2_000,
             https: false,
+            admin_listen: None,
         }
+    }
+}
+
+/// Split mode's sidecar: each service role (`serve accounts`, `serve identity`, without the
+/// edge in the same process) enforces the Istio YAML that selects its own workload again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSettings {
+    /// Judge requests with the AuthorizationPolicies and RequestAuthentications selecting
+    /// the role's workload (`app: accounts-service`, `app: keycloak`).
+    pub enabled: bool,
+    /// Directory of Istio YAML, read at start; unset: `[gateway] dir`, else the copy of
+    /// `deploy/istio` built into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self { enabled: true, dir: None }
     }
 }
 
@@ -238,6 +265,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             identity: IdentityConfig::default(),
             gateway: GatewaySettings::default(),
+            mesh: MeshSettings::default(),
             shutdown_timeout_ms: 30_000,
         }
     }

@@ -99,6 +99,27 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new().fallback(serve_request).with_state(gateway)
 }
 
+/// Serves `/stats/prometheus` on `[gateway] admin_listen` when set, until the process ends.
+pub async fn spawn_admin(config: &Config) -> Result<Option<SocketAddr>, String> {
+    let Some(addr) = config.gateway.admin_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding [gateway] admin_listen {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let handle = ferrobank_interfaces::metrics_handle();
+    let app = Router::new().route(
+        "/stats/prometheus",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Some(bound))
+}
+
 /// `ferrobank serve gateway` on its own: no database, only the edge.
 #[derive(Debug)]
 pub struct RunningGateway {
@@ -119,6 +140,7 @@ pub async fn start_standalone(config: &Config) -> Result<RunningGateway, String>
     let upstream = upstream.parse().map_err(|e| format!("[gateway] upstream = {upstream}: {e}"))?;
     let issuer = config.auth.issuer.clone();
     let gateway = build(config, Target::Remote(upstream), issuer).await?;
+    spawn_admin(config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;

@@ -365,6 +365,8 @@ async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
     let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.gateway.dir = Some(dir.path().to_owned());
     config.gateway.upstream = Some(flaky.clone());
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.gateway.admin_listen = Some(admin);
     let gateway = ferrobank::edge::start_standalone(&config).await.unwrap();
     let url = format!("http://{}", gateway.addr);
     let client = common::client();
@@ -393,6 +395,17 @@ async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
     let before = calls.load(Ordering::SeqCst);
     assert_eq!(get("/retried").await.0, 200);
     assert_eq!(calls.load(Ordering::SeqCst), before + 2, "one failed try, one retry");
+
+    // Envoy's admin port: the counters the seed's alerts read, with Envoy's response flags.
+    let stats = client.get(format!("http://{admin}/stats/prometheus")).send().await.unwrap();
+    let stats = stats.text().await.unwrap();
+    assert!(
+        stats.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("destination_service_name=\"flaky-service\"")
+            && l.contains("response_flags=\"UH\"")
+            && l.contains("response_code=\"503\"")),
+        "{stats}"
+    );
     gateway.stop().await.unwrap();
 }
 
