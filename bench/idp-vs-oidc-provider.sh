@@ -188,7 +188,7 @@ TMPDIR="$DATA_DIR" run_bench inproc "${CC_ARGS[@]}" --login-clients "$LOGIN_CLIE
 
 # 2. `ferrobank serve` (default configuration: JSON access log at info, to tmpfs), the
 #    client-credentials load from the same generator in another process.
-FERROBANK_IDENTITY__DEV_CLIENT_SECRET="$SECRET" start_server ferrobank \
+FERROBANK_IDENTITY__DEV_CLIENT_SECRET="$SECRET" FERROBANK_MESH__ENABLED=false start_server ferrobank \
     's/^ferrobank is up on \(http:[^ ]*\).*/\1/p' \
     "$BIN" serve accounts identity --migrate --listen 127.0.0.1:0 --data-dir "$DATA_DIR"
 run_bench ferrobank_serve "${CC_ARGS[@]}" --cc-only --server-pid "$SERVER_PID" \

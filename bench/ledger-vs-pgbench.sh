@@ -112,7 +112,9 @@ pg_isready -q || { echo "PostgreSQL is not answering on $PGHOST:$PGPORT" >&2; ex
 start_server() {
     local name=$1
     shift
-    "$BIN" serve accounts identity --migrate --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+    # The services alone: no edge, no sidecar (the mesh is not what is measured).
+    FERROBANK_MESH__ENABLED=false \
+        "$BIN" serve accounts identity --migrate --listen 127.0.0.1:0 "$@" >"$WORK/$name.out" 2>"$WORK/$name.log" &
     SERVER_PID=$!
     local waited=0
     until grep -q '^ferrobank is up on ' "$WORK/$name.out" 2>/dev/null; do

@@ -8,5 +8,6 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod identity;
+pub mod mesh;
 pub mod policy;
 pub mod server;

@@ -133,7 +133,7 @@ pub async fn start_roles(
         )),
         (None, None) => None,
     };
-    let auth = match oidc {
+    let auth = match &oidc {
         None => {
             if roles.accounts {
                 tracing::warn!("authentication is off: no [auth] issuer and no built-in provider");
@@ -141,11 +141,11 @@ pub async fn start_roles(
             None
         }
         Some((oidc, external)) => {
-            let validator = TokenValidator::new(&oidc).map_err(|e| format!("auth: {e}"))?;
+            let validator = TokenValidator::new(oidc).map_err(|e| format!("auth: {e}"))?;
             // An unreachable IdP must not keep the ledger down: tokens get 503/401 until
             // the keys can be read, and the validator keeps retrying on use. The built-in
             // one is served by this very server, which is not accepting yet.
-            if external {
+            if *external {
                 match validator.warm_up().await {
                     Ok(()) => {
                         tracing::info!(issuer = %oidc.issuer, "bearer-token authentication on")
@@ -173,7 +173,24 @@ pub async fn start_roles(
         metrics: metrics_handle(),
     };
     let (shutdown, stopped) = oneshot::channel::<()>();
+    let api_auth = oidc.as_ref().map(|(config, _)| config).zip(state.auth.clone());
     let mut app = router(state);
+    // Split mode: no edge in this process, so the service judges requests itself.
+    if !roles.gateway && config.mesh.enabled {
+        let issuer = config
+            .gateway
+            .issuer
+            .clone()
+            .or_else(|| config.auth.issuer.clone())
+            .or_else(|| idp.as_ref().map(|idp| idp.issuer(&config.identity.realm)));
+        let mesh = crate::mesh::load(config, issuer.as_deref())?;
+        let api_auth = api_auth.as_ref().map(|(config, validator)| (*config, validator));
+        let sidecar = crate::mesh::sidecar(config, &mesh, roles, addr.port(), api_auth)?;
+        tracing::info!(
+            "sidecar on: requests are judged by the Istio policies of this role's workload"
+        );
+        app = crate::mesh::in_front(app, sidecar);
+    }
     if roles.gateway && config.gateway.enabled {
         if idp.is_some() || config.auth.issuer.is_some() {
             let issuer = idp.as_ref().map(|idp| idp.issuer(&config.identity.realm));

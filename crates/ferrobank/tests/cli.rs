@@ -310,18 +310,16 @@ async fn identity_and_accounts_run_as_separate_roles() {
     let status = |request: reqwest::RequestBuilder| async move {
         request.send().await.unwrap().status().as_u16()
     };
-    assert_eq!(status(http.get(&account)).await, 401, "no token");
-    assert_eq!(
-        status(http.get(&account).bearer_auth(token)).await,
-        404,
-        "valid token, no such account"
-    );
+    // Each role judges requests with its own workload's policies (no edge in front): the
+    // ledger wants a customer or banking-admin token, the gateway's client has no role.
+    assert_eq!(status(http.get(&account)).await, 403, "no token");
+    assert_eq!(status(http.get(&account).bearer_auth(token)).await, 403, "valid token, no role");
     assert_eq!(status(http.get(&account).bearer_auth(format!("{token}x"))).await, 401);
-    // Each process serves only its role.
-    assert_eq!(status(http.get(format!("{idp}/api/accounts/{}", Uuid::now_v7()))).await, 404);
+    // Each process serves only its role, and its policies allow nothing of the other's.
+    assert_eq!(status(http.get(format!("{idp}/api/accounts/{}", Uuid::now_v7()))).await, 403);
     assert_eq!(
         status(http.get(format!("{api}/realms/banking/.well-known/openid-configuration"))).await,
-        404
+        403
     );
 
     // The accounts role alone cannot guess whom to trust: it refuses to start.

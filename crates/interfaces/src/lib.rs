@@ -2,5 +2,6 @@
 
 pub mod gateway;
 pub mod http;
+pub mod sidecar;
 
 pub use http::{AppState, HttpLimits, metrics_handle, router};

@@ -768,7 +768,7 @@ fn peer_port(host: &str, https: bool) -> u16 {
 
 /// The payload of a JWT, undecoded by any check: used only to pick the validator by `iss`
 /// and, after that validator accepted the token, as the verified claims.
-fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+pub(crate) fn unverified_claims(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
