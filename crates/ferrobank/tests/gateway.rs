@@ -219,13 +219,44 @@ async fn the_edge_in_front_of_the_api_verifies_tokens_and_enforces_the_policies(
     let mut wrong_aud = idp.claims("c-1", &["customer"]);
     wrong_aud["aud"] = json!(["another-api"]);
     let header_none = base64_url(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#);
-    let payload = base64_url(idp.claims("c-1", &["banking-admin"]).to_string().as_bytes());
+    let admin = idp.claims("c-1", &["banking-admin"]);
+    let payload = base64_url(admin.to_string().as_bytes());
+    let mut not_yet = admin.clone();
+    not_yet["nbf"] = json!(now + 3600);
+    let mut refresh = admin.clone();
+    refresh["typ"] = json!("Refresh");
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &admin,
+        &jsonwebtoken::EncodingKey::from_secret(b"the public key, as an HMAC secret"),
+    )
+    .unwrap();
+    let with = |edit: fn(&mut jsonwebtoken::Header)| {
+        let mut header = idp.header();
+        edit(&mut header);
+        idp.sign_with_header(&header, &admin)
+    };
+    let signed = idp.sign(&admin);
+    let (head, rest) = signed.split_once('.').unwrap();
+    let (body, signature) = rest.split_once('.').unwrap();
+    let mut tampered = admin.clone();
+    tampered["sub"] = json!("someone-else");
+    let swapped = format!("{head}.{}.{signature}", base64_url(tampered.to_string().as_bytes()));
     for (what, token) in [
-        ("signed with another key", idp.forge(&idp.claims("c-1", &["banking-admin"]))),
+        ("signed with another key", idp.forge(&admin)),
         ("expired", idp.sign(&expired)),
+        ("not yet valid", idp.sign(&not_yet)),
         ("unknown issuer", idp.sign(&foreign)),
         ("wrong audience", idp.sign(&wrong_aud)),
+        ("a refresh token", idp.sign(&refresh)),
         ("alg none", format!("{header_none}.{payload}.")),
+        ("HS256 with a guessable secret", hs256),
+        ("unknown kid", with(|h| h.kid = Some("nope".into()))),
+        ("jku pointing elsewhere", with(|h| h.jku = Some("https://evil.example/jwks".into()))),
+        ("x5u pointing elsewhere", with(|h| h.x5u = Some("https://evil.example/cert".into()))),
+        ("another JWT type", with(|h| h.typ = Some("logout+jwt".into()))),
+        ("payload swapped under a valid signature", swapped),
+        ("signature stripped", format!("{head}.{body}.")),
         ("garbage", "not.a.jwt".to_owned()),
     ] {
         let reply = app.get_as(&token, &format!("/api/accounts/{any}")).await;
@@ -235,6 +266,10 @@ async fn the_edge_in_front_of_the_api_verifies_tokens_and_enforces_the_policies(
             "{what}"
         );
     }
+
+    // The untampered token those attacks started from passes.
+    let reply = app.get_as(&signed, &format!("/api/accounts/{any}")).await;
+    assert_eq!(reply.status.as_u16(), 404, "{}", reply.text);
 
     // Path tricks are judged, and forwarded, as the path they mean.
     let admin_tricks = [

@@ -194,6 +194,21 @@ impl TestIdp {
     }
 }
 
+impl TestIdp {
+    /// `claims` signed with the IdP's published key under a header a test chose.
+    pub fn sign_with_header(&self, header: &jsonwebtoken::Header, claims: &Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(IDP_RSA).unwrap();
+        jsonwebtoken::encode(header, claims, &key).unwrap()
+    }
+
+    /// The default RS256 header with the published key's `kid`.
+    pub fn header(&self) -> jsonwebtoken::Header {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(IDP_KID.to_owned());
+        header
+    }
+}
+
 fn sign_rs256(claims: &Value, pem: &[u8]) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(IDP_KID.to_owned());
