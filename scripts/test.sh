@@ -161,6 +161,10 @@ log "running the workspace tests"
 status=0
 cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 if [ "$#" -eq 0 ]; then
+  # The edge's access table as a user sees it (tests/gateway.rs asserts it cell by cell).
+  log "policy matrix (ferrobank policy test deploy/istio POLICY_MATRIX.yaml)"
+  "${CARGO_TARGET_DIR:-$PWD_ROOT/target}/debug/ferrobank" policy test deploy/istio POLICY_MATRIX.yaml \
+    | tail -n 1 || status=$?
   ensure_schemathesis
   log "API contract check (schemathesis against /api/openapi.json)"
   api_contract || status=$?
