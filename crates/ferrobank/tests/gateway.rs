@@ -543,3 +543,18 @@ async fn editing_the_yaml_changes_the_running_gateway_and_a_broken_edit_changes_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_gateway_cannot_enforce_stops_it_naming_file_and_field() {
+    let dir = tempfile_dir::Dir::new();
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                  metadata: {name: ext-authz, namespace: banking-system}\n\
+                  spec:\n  action: CUSTOM\n  rules: [{}]\n";
+    std::fs::write(dir.path().join("custom.yaml"), policy).unwrap();
+    let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
+    config.gateway.dir = Some(dir.path().to_owned());
+    config.gateway.upstream = Some("http://127.0.0.1:9".into());
+    let error = ferrobank::edge::start_standalone(&config).await.unwrap_err();
+    assert!(error.contains("custom.yaml") && error.contains("spec.action"), "{error}");
+    assert!(error.contains("CUSTOM"), "{error}");
+}
