@@ -41,6 +41,14 @@ fn the_repositorys_edge_configuration_loads() {
     assert!(mesh.rate_limit_for(&ingress).is_some(), "the ingress rate limit");
     let accounts = workload("banking-system", ("app", "accounts-service"));
     assert_eq!(mesh.mtls_mode(&accounts, 8080), MtlsMode::Strict);
+    let Some((decided_by, mode)) = mesh.peer_authentication_for(&accounts, 8080) else {
+        panic!("no PeerAuthentication selects accounts-service");
+    };
+    assert_eq!(
+        (decided_by.namespace.as_str(), decided_by.name.as_str(), mode),
+        ("banking-system", "default", MtlsMode::Strict),
+        "the namespace's own PeerAuthentication decides before the mesh-wide one"
+    );
     assert!(!mesh.jwt_rules_for(&accounts).is_empty(), "sidecars validate JWTs too");
 }
 

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use ferrobank_adapters::mtls::{self, MtlsError};
+use ferrobank_adapters::istio::plan::INGRESS_PRINCIPAL;
+use ferrobank_adapters::mtls::{self, DevPki, MtlsError, SpiffeId};
 
 use crate::config::{Config, Overrides};
 
-/// The roles that get a certificate, named as their Kubernetes service accounts.
+/// The roles that get a certificate (`<role>.pem`), named as their Kubernetes service
+/// accounts; the gateway's identity is Istio's ingress gateway's (see [`identity`]).
 pub const ROLES: [&str; 11] = [
     "gateway",
     "identity",
@@ -36,12 +38,38 @@ pub struct CertsArgs {
     /// SPIFFE trust domain (Istio's default is cluster.local).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Kubernetes namespace in the SPIFFE ids.
+    /// Kubernetes namespace in the SPIFFE ids (the gateway's is always `istio-system`).
     #[arg(long, default_value = "banking-system")]
     namespace: String,
     /// Replace an existing CA (every certificate it signed stops being trusted).
     #[arg(long)]
     force: bool,
+}
+
+/// The SPIFFE id `ferrobank certs` gives `role`: the gateway is Istio's ingress gateway
+/// (namespace `istio-system`, service account `istio-ingressgateway-service-account`), so
+/// the `principals` of `deploy/istio` name it; every other role is the service account of
+/// its name in `namespace`.
+pub fn identity(role: &str, trust_domain: &str, namespace: &str) -> Result<SpiffeId, MtlsError> {
+    if role == "gateway" {
+        let ingress: SpiffeId = format!("spiffe://{INGRESS_PRINCIPAL}").parse()?;
+        return Ok(SpiffeId::new(trust_domain, ingress.namespace(), ingress.service_account())?);
+    }
+    Ok(SpiffeId::new(trust_domain, namespace, role)?)
+}
+
+/// Writes the CA and one certificate per role of [`ROLES`] to `dir`.
+pub fn issue(
+    dir: &Path,
+    trust_domain: &str,
+    namespace: &str,
+    force: bool,
+) -> Result<DevPki, MtlsError> {
+    let workloads = ROLES
+        .iter()
+        .map(|role| Ok((*role, identity(role, trust_domain, namespace)?)))
+        .collect::<Result<Vec<_>, MtlsError>>()?;
+    mtls::generate_dev_pki_for(dir, trust_domain, &workloads, force)
 }
 
 /// Issues the CA and one certificate per role, and prints what was written.
@@ -53,8 +81,8 @@ pub fn run(config_file: Option<&Path>, args: &CertsArgs) -> Result<ExitCode, Str
             Config::load(config_file, &overrides)?.data_dir.join("certs")
         }
     };
-    let pki = mtls::generate_dev_pki(&dir, &args.trust_domain, &args.namespace, &ROLES, args.force)
-        .map_err(|e| match e {
+    let pki =
+        issue(&dir, &args.trust_domain, &args.namespace, args.force).map_err(|e| match e {
             MtlsError::CaExists(dir) => format!(
                 "a CA already exists in {}; --force replaces it (and distrusts all it signed)",
                 dir.display()

@@ -39,7 +39,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The zero-trust edge (Istio YAML enforced in front of the API).
     pub gateway: GatewaySettings,
-    /// The sidecar of split mode (`serve accounts`, `serve identity` without the edge).
+    /// Split mode's mesh: the sidecar of each service role and mTLS between roles.
     pub mesh: MeshSettings,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
@@ -190,11 +190,21 @@ pub struct MeshSettings {
     /// `deploy/istio` built into the binary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// The directory `ferrobank certs` wrote: a service role then serves mutual TLS
+    /// (PeerAuthentication STRICT: only; PERMISSIVE: beside plaintext) and `serve gateway`
+    /// calls `https://` upstreams with it. Unset: plaintext, and a role whose workload a
+    /// STRICT PeerAuthentication selects refuses to start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<PathBuf>,
+    /// The certificate this process presents (`<certs_dir>/<name>.pem`, as `ferrobank
+    /// certs` names them); unset: the role's (`accounts`, `identity`, `gateway`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 impl Default for MeshSettings {
     fn default() -> Self {
-        Self { enabled: true, dir: None }
+        Self { enabled: true, dir: None, certs_dir: None, service_account: None }
     }
 }
 

@@ -83,6 +83,7 @@ pub async fn build(
             rate_limit_fail_open: settings.rate_limit_fail_open,
             reload_interval_ms: settings.reload_interval_ms,
             https: settings.https,
+            upstream_tls: crate::mesh::upstream_tls(config)?,
         },
         limiter,
     )

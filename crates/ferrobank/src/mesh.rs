@@ -1,16 +1,20 @@
-//! Split mode's sidecar wiring: which workload of `deploy/istio` each service role is, the
-//! Istio YAML it obeys (`[mesh]`), and the token validators of its RequestAuthentication.
+//! Split mode's mesh wiring: which workload of `deploy/istio` each service role is, the
+//! Istio YAML it obeys (`[mesh]`), the token validators of its RequestAuthentication, and
+//! mutual TLS between roles as its PeerAuthentication asks (`ferrobank certs` files).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use ferrobank_adapters::istio::Mesh;
-use ferrobank_adapters::istio::resources::JwtRule;
+use ferrobank_adapters::istio::resources::{JwtRule, MtlsMode};
+use ferrobank_adapters::mtls;
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use ferrobank_domain::policy::Workload;
 use ferrobank_interfaces::gateway::Source;
+use ferrobank_interfaces::sidecar::listener::Mode;
 use ferrobank_interfaces::sidecar::{Sidecar, WorkloadSpec};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::Config;
 use crate::server::Roles;
@@ -45,30 +49,31 @@ pub fn workloads(roles: Roles) -> Vec<WorkloadSpec> {
     workloads
 }
 
-/// The Istio YAML of `[mesh] dir`, else `[gateway] dir`, else the built-in copy, with every
-/// JWT rule's issuer replaced by `issuer` (the laptop's overlay) when given.
-pub fn load(config: &Config, issuer: Option<&str>) -> Result<Mesh, String> {
+/// The Istio YAML of `[mesh] dir`, else `[gateway] dir`, else the built-in copy.
+pub fn load(config: &Config) -> Result<Mesh, String> {
     let source = match config.mesh.dir.as_ref().or(config.gateway.dir.as_ref()) {
         Some(dir) => Source::Dir(dir.clone()),
         None => Source::Embedded(crate::edge::EMBEDDED.to_vec()),
     };
-    let mut mesh = source.load().map_err(|e| format!("[mesh]: {e}"))?;
-    if let Some(issuer) = issuer {
-        mesh.set_issuer(issuer);
-    }
-    Ok(mesh)
+    source.load().map_err(|e| format!("[mesh]: {e}"))
 }
 
-/// The sidecar of a split-mode process serving `roles` on `port`, when `[mesh] enabled`.
+/// The sidecar of a split-mode process serving `roles` on `port`, when `[mesh] enabled`,
+/// with every JWT rule's issuer replaced by `issuer` (the laptop's overlay) when given.
 /// `api_auth` is the ledger API's own validator and its configuration: a JWT rule with the
 /// same issuer and audiences reuses it (one key cache), others get their own.
 pub fn sidecar(
     config: &Config,
     mesh: &Mesh,
+    issuer: Option<&str>,
     roles: Roles,
     port: u16,
     api_auth: Option<(&OidcConfig, &Arc<TokenValidator>)>,
 ) -> Result<Sidecar, String> {
+    let mut mesh = mesh.clone();
+    if let Some(issuer) = issuer {
+        mesh.set_issuer(issuer);
+    }
     let made: Mutex<HashMap<ValidatorKey, Arc<TokenValidator>>> = Mutex::default();
     let validator = |rule: &JwtRule| {
         if let Some((oidc, validator)) = api_auth
@@ -95,7 +100,99 @@ pub fn sidecar(
         made.insert(key, validator.clone());
         Ok(validator)
     };
-    Sidecar::new(mesh, workloads(roles), port, &validator)
+    Sidecar::new(&mesh, workloads(roles), port, &validator)
+}
+
+/// How a split-mode role's listener speaks.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plaintext only.
+    Plain,
+    /// Mutual TLS with the mesh's certificates: only, or beside plaintext.
+    MutualTls(Arc<ServerConfig>, Mode),
+}
+
+/// The transport the PeerAuthentication of `roles`' workloads asks for on `port` (none,
+/// or `[mesh] enabled = false`: PERMISSIVE): STRICT is mutual TLS only and refuses to
+/// start without `[mesh] certs_dir`; PERMISSIVE serves both when certificates are there;
+/// DISABLE is plaintext.
+pub fn transport(
+    config: &Config,
+    mesh: Option<&Mesh>,
+    roles: Roles,
+    port: u16,
+) -> Result<Transport, String> {
+    let mut strict = None;
+    let mut disabled = true;
+    for spec in workloads(roles) {
+        match mesh.and_then(|mesh| mesh.peer_authentication_for(&spec.workload, port)) {
+            Some((pa, MtlsMode::Strict)) => {
+                disabled = false;
+                strict.get_or_insert_with(|| {
+                    format!(
+                        "the PeerAuthentication {}/{} ({}) requires mutual TLS (STRICT) for \
+                         {} in {} on port {port}",
+                        pa.namespace,
+                        pa.name,
+                        pa.file.display(),
+                        spec.name,
+                        spec.workload.namespace
+                    )
+                });
+            }
+            Some((_, MtlsMode::Disable)) => {}
+            _ => disabled = false,
+        }
+    }
+    let Some(dir) = &config.mesh.certs_dir else {
+        return match strict {
+            Some(why) => Err(format!(
+                "{why}, and no certificates are configured: issue them with `ferrobank certs \
+                 --dir DIR` and set [mesh] certs_dir = DIR (FERROBANK_MESH__CERTS_DIR); or \
+                 point [mesh] dir at Istio YAML without STRICT, or turn the mesh off with \
+                 [mesh] enabled = false"
+            )),
+            None => Ok(Transport::Plain),
+        };
+    };
+    if disabled {
+        tracing::warn!("PeerAuthentication DISABLE: [mesh] certs_dir is not used, plaintext only");
+        return Ok(Transport::Plain);
+    }
+    let name = config.mesh.service_account.as_deref().unwrap_or(if roles.accounts {
+        "accounts"
+    } else {
+        "identity"
+    });
+    let tls = mtls::server_config(dir, name).map_err(|e| format!("[mesh] certs_dir: {e}"))?;
+    let mode = if strict.is_some() { Mode::Strict } else { Mode::Permissive };
+    Ok(Transport::MutualTls(Arc::new(tls), mode))
+}
+
+/// The gateway's mutual TLS toward `https://` upstreams: the certificate of `[mesh]
+/// service_account` (default `gateway`: Istio's ingress identity) from `[mesh] certs_dir`.
+/// An `https://` upstream without certificates is an error.
+pub fn upstream_tls(config: &Config) -> Result<Option<Arc<ClientConfig>>, String> {
+    let gateway = &config.gateway;
+    let https = gateway
+        .upstream
+        .iter()
+        .chain(gateway.upstreams.values())
+        .find(|url| url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")));
+    match (&config.mesh.certs_dir, https) {
+        (None, None) => Ok(None),
+        (None, Some(url)) => Err(format!(
+            "upstream {url}: https:// upstreams are called with the mesh's mutual TLS; set \
+             [mesh] certs_dir (FERROBANK_MESH__CERTS_DIR) to the directory `ferrobank certs` \
+             wrote"
+        )),
+        (Some(dir), _) => {
+            let name = config.mesh.service_account.as_deref().unwrap_or("gateway");
+            let tls =
+                mtls::client_config(dir, name).map_err(|e| format!("[mesh] certs_dir: {e}"))?;
+            Ok(Some(Arc::new(tls)))
+        }
+    }
 }
 
 /// `app` behind `sidecar`: the sidecar sees every request first and its normalized path is

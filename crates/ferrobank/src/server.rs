@@ -9,11 +9,13 @@ use ferrobank_adapters::idp::{Generated, IdentityProvider};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
 use ferrobank_interfaces::gateway::Target;
+use ferrobank_interfaces::sidecar::listener::{self, MeshListener, MeshPeer};
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::mesh::Transport;
 
 /// Idempotency keys are kept this long, then purged.
 const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
@@ -25,6 +27,8 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Running {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Whether it serves the mesh's mutual TLS (`https://`).
+    pub mutual_tls: bool,
     /// The ledger service the server uses (for seeding and tests).
     pub ledger: LedgerService,
     /// The built-in identity provider, when it runs.
@@ -109,6 +113,14 @@ pub async fn start_roles(
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Split mode (no edge in this process): the mesh's YAML and its PeerAuthentication,
+    // checked before anything starts.
+    let split = !roles.gateway;
+    let mesh = if split && config.mesh.enabled { Some(crate::mesh::load(config)?) } else { None };
+    let transport = match split {
+        true => crate::mesh::transport(config, mesh.as_ref(), roles, addr.port())?,
+        false => Transport::Plain,
+    };
     let (idp, generated) = match config.identity.enabled && roles.identity {
         false => (None, Vec::new()),
         true => {
@@ -176,16 +188,16 @@ pub async fn start_roles(
     let api_auth = oidc.as_ref().map(|(config, _)| config).zip(state.auth.clone());
     let mut app = router(state);
     // Split mode: no edge in this process, so the service judges requests itself.
-    if !roles.gateway && config.mesh.enabled {
+    if let Some(mesh) = &mesh {
         let issuer = config
             .gateway
             .issuer
             .clone()
             .or_else(|| config.auth.issuer.clone())
             .or_else(|| idp.as_ref().map(|idp| idp.issuer(&config.identity.realm)));
-        let mesh = crate::mesh::load(config, issuer.as_deref())?;
         let api_auth = api_auth.as_ref().map(|(config, validator)| (*config, validator));
-        let sidecar = crate::mesh::sidecar(config, &mesh, roles, addr.port(), api_auth)?;
+        let sidecar =
+            crate::mesh::sidecar(config, mesh, issuer.as_deref(), roles, addr.port(), api_auth)?;
         tracing::info!(
             "sidecar on: requests are judged by the Istio policies of this role's workload"
         );
@@ -202,13 +214,27 @@ pub async fn start_roles(
             );
         }
     }
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
+    let mutual_tls = matches!(transport, Transport::MutualTls(..));
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let server = match transport {
+        Transport::Plain => tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Transport::MutualTls(tls, mode) => {
+            tracing::info!(?mode, "serving mutual TLS with the mesh's certificates");
+            let listener = MeshListener::new(listener, tls, mode).map_err(|e| e.to_string())?;
+            let app = app.layer(axum::middleware::from_fn(listener::peer_identity));
+            tokio::spawn(async move {
+                axum::serve(listener, app.into_make_service_with_connect_info::<MeshPeer>())
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+    };
     let idp_purge = idp.clone();
     let purge = tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
@@ -227,6 +253,7 @@ pub async fn start_roles(
     });
     Ok(Running {
         addr,
+        mutual_tls,
         ledger,
         idp,
         generated,
@@ -271,7 +298,8 @@ pub async fn serve(
 ) -> Result<(), String> {
     let database = crate::config::redact_url(&config.effective_database_url());
     let running = start_roles(&config, store, roles).await?;
-    let base = format!("http://{}", running.addr);
+    let scheme = if running.mutual_tls { "https" } else { "http" };
+    let base = format!("{scheme}://{}", running.addr);
     println!("ferrobank is up on {base}");
     println!("  API docs   {base}/api/docs");
     println!("  OpenAPI    {base}/api/openapi.json");

@@ -262,7 +262,8 @@ async fn serve_role(
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.ok().flatten() {
-            if let Some(address) = line.strip_prefix("ferrobank is up on ") {
+            let up = ["ferrobank is up on ", "ferrobank gateway is up on "];
+            if let Some(address) = up.iter().find_map(|prefix| line.strip_prefix(prefix)) {
                 return address.trim().to_owned();
             }
         }
@@ -275,28 +276,89 @@ async fn serve_role(
     (child, address)
 }
 
-/// Split mode: `serve identity` and `serve accounts` as two processes, the accounts role
-/// trusting the identity role through its issuer URL alone.
+/// A client of the mesh: trusts the CA of `pki` and presents the certificate of `role`.
+fn mesh_client(pki: &std::path::Path, role: &str) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).unwrap()).unwrap();
+    let mut pem = std::fs::read(pki.join(format!("{role}.pem"))).unwrap();
+    pem.extend(std::fs::read(pki.join(format!("{role}.key"))).unwrap());
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Split mode as deployed: `ferrobank certs`, then `serve identity` and `serve accounts`
+/// speaking mutual TLS only (deploy/istio's PeerAuthentication is STRICT) and judging
+/// requests with their own workload's policies, and `serve gateway` in front of both,
+/// calling them with the ingress gateway's certificate. The accounts role trusts the
+/// identity role through its issuer URL alone (reached through the gateway).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_and_accounts_run_as_separate_roles() {
+async fn identity_and_accounts_run_as_separate_roles_over_mutual_tls() {
     let dir = Workdir::new();
+    let (code, _, stderr) = run(&mut ferrobank(&["certs", "--dir", "pki"], &dir.0)).await;
+    assert_eq!(code, 0, "{stderr}");
+    let pki = dir.0.join("pki");
+    let certs = ("FERROBANK_MESH__CERTS_DIR", "pki");
     let secret = "split-mode-secret-0123456789";
+    let free_port = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let (edge_addr, accounts_addr) = (free_port(), free_port());
+    let public_url = format!("http://{edge_addr}");
+    let issuer = format!("{public_url}/realms/banking");
+
+    // Without certificates a role refuses to start, naming the PeerAuthentication.
+    let (code, _, err) = run(&mut ferrobank(
+        &["serve", "identity", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "idp0"],
+        &dir.0,
+    ))
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PeerAuthentication banking-system/default") && err.contains("STRICT"),
+        "{err}"
+    );
+
     let (_identity, idp) = serve_role(
         &dir,
         &["serve", "identity", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "idp"],
-        &[("FERROBANK_IDENTITY__DEV_CLIENT_SECRET", secret)],
+        &[
+            certs,
+            ("FERROBANK_IDENTITY__DEV_CLIENT_SECRET", secret),
+            ("FERROBANK_IDENTITY__PUBLIC_URL", &public_url),
+        ],
     )
     .await;
-    let issuer = format!("{idp}/realms/banking");
-    let (_accounts, api) = serve_role(
+    let api = format!("https://{accounts_addr}");
+    // The edge first: the accounts role reads the issuer's keys through it at start.
+    let (_gateway, edge) = serve_role(
         &dir,
-        &["serve", "accounts", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "ledger"],
-        &[("FERROBANK_AUTH__ISSUER", &issuer)],
+        &["serve", "gateway", "--listen", &edge_addr],
+        &[
+            certs,
+            ("FERROBANK_AUTH__ISSUER", &issuer),
+            ("FERROBANK_GATEWAY__UPSTREAM", &api),
+            ("FERROBANK_GATEWAY__UPSTREAMS__KEYCLOAK", &idp),
+        ],
     )
     .await;
+    let (_accounts, served) = serve_role(
+        &dir,
+        &["serve", "accounts", "--migrate", "--listen", &accounts_addr, "--data-dir", "ledger"],
+        &[certs, ("FERROBANK_AUTH__ISSUER", &issuer)],
+    )
+    .await;
+    assert_eq!(served, api);
+    assert!(idp.starts_with("https://"), "{idp}");
+
+    // A token from the identity role, through the edge (edge -> identity over mTLS).
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
-        .post(format!("{issuer}/protocol/openid-connect/token"))
+        .post(format!("{edge}/realms/banking/protocol/openid-connect/token"))
         .basic_auth("banking-api-gateway", Some(secret))
         .form(&[("grant_type", "client_credentials")])
         .send()
@@ -306,27 +368,53 @@ async fn identity_and_accounts_run_as_separate_roles() {
         .await
         .unwrap();
     let token = token["access_token"].as_str().unwrap();
-    let account = format!("{api}/api/accounts/{}", Uuid::now_v7());
     let status = |request: reqwest::RequestBuilder| async move {
-        request.send().await.unwrap().status().as_u16()
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     };
-    // Each role judges requests with its own workload's policies (no edge in front): the
-    // ledger wants a customer or banking-admin token, the gateway's client has no role.
-    assert_eq!(status(http.get(&account)).await, 403, "no token");
-    assert_eq!(status(http.get(&account).bearer_auth(token)).await, 403, "valid token, no role");
-    assert_eq!(status(http.get(&account).bearer_auth(format!("{token}x"))).await, 401);
-    // Each process serves only its role, and its policies allow nothing of the other's.
-    assert_eq!(status(http.get(format!("{idp}/api/accounts/{}", Uuid::now_v7()))).await, 403);
+    let path = format!("/api/accounts/{}", Uuid::now_v7());
+    assert_eq!(status(http.get(format!("{edge}{path}"))).await.0, 403, "no token");
     assert_eq!(
-        status(http.get(format!("{api}/realms/banking/.well-known/openid-configuration"))).await,
-        403
+        status(http.get(format!("{edge}{path}")).bearer_auth(token)).await.0,
+        403,
+        "no role"
     );
 
+    // Straight to the accounts role: plaintext and certificate-less clients are refused at
+    // the handshake; a mesh peer is judged by the accounts-service policies (the token is
+    // verified with the identity role's keys, read through the edge).
+    assert!(http.get(format!("{}{path}", api.replacen("https", "http", 1))).send().await.is_err());
+    let no_cert = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(no_cert.get(format!("{api}/health")).send().await.is_err());
+    let as_gateway = mesh_client(&pki, "gateway");
+    assert_eq!(status(as_gateway.get(format!("{api}/health"))).await.0, 200);
+    let denied = (403, "RBAC: access denied".to_owned());
+    assert_eq!(status(as_gateway.get(format!("{api}{path}"))).await, denied, "no token");
+    assert_eq!(status(as_gateway.get(format!("{api}{path}")).bearer_auth(token)).await, denied);
+    assert_eq!(
+        status(as_gateway.get(format!("{api}{path}")).bearer_auth(format!("{token}x"))).await,
+        (401, "Jwt verification fails".to_owned())
+    );
+    // Each process serves only its role, and its policies allow nothing of the other's.
+    let as_payments = mesh_client(&pki, "payments");
+    let discovery = "/realms/banking/.well-known/openid-configuration";
+    assert_eq!(status(as_payments.get(format!("{idp}{discovery}"))).await.0, 200);
+    assert_eq!(status(as_payments.get(format!("{idp}{path}"))).await, denied);
+    assert_eq!(status(as_payments.get(format!("{api}{discovery}"))).await, denied);
+
     // The accounts role alone cannot guess whom to trust: it refuses to start.
-    let (code, _, err) = run(&mut ferrobank(
+    let (code, _, err) = run(ferrobank(
         &["serve", "accounts", "--migrate", "--listen", "127.0.0.1:0", "--data-dir", "ledger2"],
         &dir.0,
-    ))
+    )
+    .env(certs.0, certs.1))
     .await;
     assert_ne!(code, 0);
     assert!(err.contains("[auth] issuer"), "{err}");
@@ -342,8 +430,15 @@ async fn certs_issues_a_ca_and_a_certificate_per_role_and_keeps_an_existing_ca()
         for file in [format!("{role}.pem"), format!("{role}.key")] {
             assert!(pki.join(&file).is_file(), "{file}");
         }
-        let id = format!("spiffe://cluster.local/ns/banking-system/sa/{role}");
-        assert!(stdout.contains(&id), "{stdout}");
+        // The gateway is Istio's ingress gateway, as deploy/istio's `principals` name it.
+        let id = match role {
+            "gateway" => {
+                "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+                    .to_owned()
+            }
+            role => format!("spiffe://cluster.local/ns/banking-system/sa/{role}"),
+        };
+        assert!(stdout.contains(&format!("{id}: ")), "{stdout}");
     }
     #[cfg(unix)]
     {

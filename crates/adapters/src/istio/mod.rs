@@ -326,6 +326,16 @@ impl Mesh {
     /// The mTLS mode for `workload` on `port`: the most specific PeerAuthentication wins
     /// (workload port-level, workload, namespace, root), PERMISSIVE when none says.
     pub fn mtls_mode(&self, workload: &Workload, port: u16) -> MtlsMode {
+        self.peer_authentication_for(workload, port).map_or(MtlsMode::Permissive, |(_, mode)| mode)
+    }
+
+    /// The PeerAuthentication that decides [`Mesh::mtls_mode`], with the mode it sets;
+    /// `None` when none says (PERMISSIVE).
+    pub fn peer_authentication_for(
+        &self,
+        workload: &Workload,
+        port: u16,
+    ) -> Option<(&Named<PeerAuthenticationSpec>, MtlsMode)> {
         let applicable = |scope: fn(&Named<PeerAuthenticationSpec>, &Workload) -> bool| {
             self.peer_authentication.iter().filter(move |pa| scope(pa, workload))
         };
@@ -336,10 +346,10 @@ impl Mesh {
             if let Some(mode) = pa.spec.port_level_mtls.get(&port).map(|m| m.mode)
                 && mode != MtlsMode::Unset
             {
-                return mode;
+                return Some((pa, mode));
             }
             if let Some(mode) = pa.spec.mtls.map(|m| m.mode).filter(|m| *m != MtlsMode::Unset) {
-                return mode;
+                return Some((pa, mode));
             }
         }
         for scope in [
@@ -348,14 +358,13 @@ impl Mesh {
             }) as fn(&Named<PeerAuthenticationSpec>, &Workload) -> bool,
             |pa, _| pa.namespace == ROOT_NAMESPACE && pa.spec.selector.is_none(),
         ] {
-            if let Some(mode) = applicable(scope)
-                .filter_map(|pa| pa.spec.mtls.map(|m| m.mode))
-                .find(|m| *m != MtlsMode::Unset)
-            {
-                return mode;
+            if let Some(found) = applicable(scope).find_map(|pa| {
+                pa.spec.mtls.map(|m| m.mode).filter(|m| *m != MtlsMode::Unset).map(|m| (pa, m))
+            }) {
+                return Some(found);
             }
         }
-        MtlsMode::Permissive
+        None
     }
 
     /// The HTTP routes of the VirtualServices bound to a Gateway that selects `gateway`.

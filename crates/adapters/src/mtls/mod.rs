@@ -19,7 +19,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-pub use self::pki::{CA_VALIDITY_DAYS, DevPki, LEAF_VALIDITY_DAYS, WorkloadCert, generate_dev_pki};
+pub use self::pki::{
+    CA_VALIDITY_DAYS, DevPki, LEAF_VALIDITY_DAYS, WorkloadCert, generate_dev_pki,
+    generate_dev_pki_for,
+};
 pub use self::spiffe::{InvalidSpiffeId, SpiffeId, spiffe_id};
 
 /// The CA certificate's file name in a PKI directory.

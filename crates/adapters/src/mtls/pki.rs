@@ -55,11 +55,27 @@ pub fn generate_dev_pki(
     service_accounts: &[&str],
     force: bool,
 ) -> Result<DevPki, MtlsError> {
-    let ids = service_accounts
+    let workloads = service_accounts
         .iter()
-        .map(|name| SpiffeId::new(trust_domain, namespace, name))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(name) = service_accounts.iter().find(|name| name.eq_ignore_ascii_case("ca")) {
+        .map(|name| Ok((*name, SpiffeId::new(trust_domain, namespace, name)?)))
+        .collect::<Result<Vec<_>, MtlsError>>()?;
+    generate_dev_pki_for(dir, trust_domain, &workloads, force)
+}
+
+/// [`generate_dev_pki`] with an identity per file: each `(name, id)` is written as
+/// `<name>.pem`/`<name>.key` with `id` in its URI SAN (a role whose identity is not
+/// `<namespace>/<name>`, such as the ingress gateway's service account in `istio-system`).
+pub fn generate_dev_pki_for(
+    dir: &Path,
+    trust_domain: &str,
+    workloads: &[(&str, SpiffeId)],
+    force: bool,
+) -> Result<DevPki, MtlsError> {
+    for (name, _) in workloads {
+        // The name becomes a file name: only what a SPIFFE path segment allows.
+        SpiffeId::new("x", "x", name)?;
+    }
+    if let Some((name, _)) = workloads.iter().find(|(name, _)| name.eq_ignore_ascii_case("ca")) {
         return Err(MtlsError::Invalid(format!("{name}: the CA's file names are taken")));
     }
     let (ca_cert, ca_key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
@@ -80,8 +96,8 @@ pub fn generate_dev_pki(
     let ca_key_pem = ca_key_pair.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key_pair);
 
-    let mut workloads = Vec::with_capacity(ids.len());
-    for id in ids {
+    let mut written = Vec::with_capacity(workloads.len());
+    for (file, id) in workloads {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(id.service_account(), trust_domain);
         params.subject_alt_names = vec![
@@ -98,15 +114,14 @@ pub fn generate_dev_pki(
         params.not_after = now + Duration::days(LEAF_VALIDITY_DAYS);
         let key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key_pair, &issuer)?;
-        let (cert_file, key_file) =
-            (cert_path(dir, id.service_account()), key_path(dir, id.service_account()));
+        let (cert_file, key_file) = (cert_path(dir, file), key_path(dir, file));
         write_file(&key_file, key_pair.serialize_pem().as_bytes(), true)?;
         write_file(&cert_file, cert.pem().as_bytes(), false)?;
-        workloads.push(WorkloadCert { spiffe_id: id, cert: cert_file, key: key_file });
+        written.push(WorkloadCert { spiffe_id: id.clone(), cert: cert_file, key: key_file });
     }
     write_file(&ca_key, ca_key_pem.as_bytes(), true)?;
     write_file(&ca_cert, ca_pem.as_bytes(), false)?;
-    Ok(DevPki { ca_cert, ca_key, workloads })
+    Ok(DevPki { ca_cert, ca_key, workloads: written })
 }
 
 fn name(common_name: &str, trust_domain: &str) -> DistinguishedName {

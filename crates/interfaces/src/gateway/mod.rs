@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     pub reload_interval_ms: u64,
     /// Whether clients reach the gateway over https (HSTS, `x-forwarded-proto`).
     pub https: bool,
+    /// The mesh's mutual TLS for `https://` upstreams (`mtls::client_config`); `None`:
+    /// upstreams are called over plaintext.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where the Istio YAML comes from.
@@ -212,7 +215,8 @@ impl Gateway {
                 .entry(fqdn(host, &destination.namespace))
                 .or_default()
                 .clone();
-            upstreams.insert(host.clone(), Arc::new(Upstream::new(target, rule, breaker)));
+            let tls = self.config.upstream_tls.as_deref();
+            upstreams.insert(host.clone(), Arc::new(Upstream::new(target, rule, breaker, tls)));
         }
         let rate_limit = mesh
             .rate_limit_for(&plan.ingress)

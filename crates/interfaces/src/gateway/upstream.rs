@@ -11,9 +11,11 @@ use axum::http::{Request, Response, StatusCode, Uri};
 use bytes::Bytes;
 use ferrobank_adapters::istio::resources::{OutlierDetection, Retries, RetryOn, TrafficPolicy};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
+use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -166,11 +168,28 @@ impl Breaker {
     }
 }
 
+/// The HTTP client of a destination: plaintext, or (with the mesh's certificates) mutual
+/// TLS for `https://` upstreams, as the sidecar of the ingress gateway calls a STRICT one.
+#[derive(Debug)]
+enum HttpClient {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Mesh(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl HttpClient {
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            HttpClient::Plain(client) => client.request(request),
+            HttpClient::Mesh(client) => client.request(request),
+        }
+    }
+}
+
 /// One destination's client side: target, pool limits, breaker.
 #[derive(Debug)]
 pub struct Upstream {
     target: Target,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     in_flight: Semaphore,
     retries_in_flight: Semaphore,
     outlier: Option<OutlierDetection>,
@@ -179,11 +198,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The client for `target` under `policy` (a DestinationRule's, or the defaults).
+    /// The client for `target` under `policy` (a DestinationRule's, or the defaults);
+    /// `https://` targets are called with `tls` (the mesh's mutual TLS).
     pub fn new(
         target: Target,
         policy: Option<&TrafficPolicy>,
         breaker: std::sync::Arc<Breaker>,
+        tls: Option<&ClientConfig>,
     ) -> Upstream {
         let pool = policy.map(|p| &p.connection_pool);
         let mut connector = HttpConnector::new();
@@ -205,9 +226,21 @@ impl Upstream {
             })
             .unwrap_or(DEFAULT_MAX_REQUESTS);
         let max_retries = pool.and_then(|p| p.http.max_retries).unwrap_or(DEFAULT_MAX_RETRIES);
+        let client = match tls {
+            None => HttpClient::Plain(builder.build(connector)),
+            Some(tls) => {
+                connector.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                HttpClient::Mesh(builder.build(connector))
+            }
+        };
         Upstream {
             target,
-            client: builder.build(connector),
+            client,
             in_flight: Semaphore::new(
                 usize::try_from(max_requests).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS),
             ),

@@ -10,6 +10,8 @@
 //! access denied`), with the mTLS peer's identity ([`PeerPrincipal`]) as
 //! `source.principal`; plaintext requests have none.
 
+pub mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
