@@ -207,6 +207,7 @@ pub async fn start_roles(
         if idp.is_some() || config.auth.issuer.is_some() {
             let issuer = idp.as_ref().map(|idp| idp.issuer(&config.identity.realm));
             let gateway = crate::edge::build(config, Target::Local(app), issuer).await?;
+            crate::edge::spawn_admin(config).await?;
             app = crate::edge::router(gateway);
         } else {
             tracing::warn!(
@@ -303,7 +304,21 @@ pub async fn serve(
     println!("ferrobank is up on {base}");
     println!("  API docs   {base}/api/docs");
     println!("  OpenAPI    {base}/api/openapi.json");
-    println!("  health     {base}/health   ready {base}/ready   metrics {base}/metrics");
+    println!("  health     {base}/health   ready {base}/ready");
+    match config.gateway.admin_listen {
+        Some(admin) if roles.gateway && config.gateway.enabled => {
+            println!("  metrics    http://{admin}/stats/prometheus   (the edge refuses /metrics)")
+        }
+        _ if roles.gateway && config.gateway.enabled => println!(
+            "  metrics    refused at the edge (policy); set FERROBANK_GATEWAY__ADMIN_LISTEN=127.0.0.1:15090"
+        ),
+        _ => println!("  metrics    {base}/metrics"),
+    }
+    if roles.gateway && config.gateway.enabled {
+        println!(
+            "  edge       Istio policies of deploy/istio enforced; `ferrobank policy test` prints who may do what"
+        );
+    }
     println!("  database   {database}");
     if let Some(idp) = &running.idp {
         crate::identity::print_login_help(idp, &config, &running.generated);
