@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use ferrobank_adapters::idp::IdentityProvider;
 use ferrobank_adapters::rate_limit::{MemoryRateLimiter, RedisLimiterOptions, RedisRateLimiter};
 use ferrobank_application::RateLimiter;
 use ferrobank_interfaces::gateway::{Gateway, GatewayConfig, Source, Target, serve_request};
@@ -40,11 +41,13 @@ pub const EMBEDDED: [(&str, &str); 6] = [
 const MEMORY_LIMITER_KEYS: usize = 100_000;
 
 /// The edge for `config`, sending destinations to `default_upstream` unless
-/// `[gateway] upstreams` names them; `issuer` replaces the YAML's when given.
+/// `[gateway] upstreams` names them; `issuer` replaces the YAML's when given;
+/// `web_origins` are allowed by CORS unless `[gateway] cors_origins` says otherwise.
 pub async fn build(
     config: &Config,
     default_upstream: Target,
     issuer: Option<String>,
+    web_origins: Vec<String>,
 ) -> Result<Arc<Gateway>, String> {
     let settings = &config.gateway;
     let limiter: Arc<dyn RateLimiter> = match &settings.redis_url {
@@ -79,7 +82,7 @@ pub async fn build(
             upstreams,
             max_body_bytes: config.http.max_body_bytes,
             default_timeout_ms: settings.default_timeout_ms,
-            cors_origins: settings.cors_origins.clone().unwrap_or_default(),
+            cors_origins: settings.cors_origins.clone().unwrap_or(web_origins),
             rate_limit_fail_open: settings.rate_limit_fail_open,
             reload_interval_ms: settings.reload_interval_ms,
             https: settings.https,
@@ -98,6 +101,28 @@ pub async fn build(
 /// The router that puts `gateway` in front of everything.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new().fallback(serve_request).with_state(gateway)
+}
+
+/// The browser origins a realm's clients register (`webOrigins`; Keycloak's `+` stands
+/// for the origins of the client's redirect URIs).
+pub fn realm_web_origins(idp: &IdentityProvider, realm: &str) -> Vec<String> {
+    let Ok(state) = idp.realm(realm) else {
+        return Vec::new();
+    };
+    let mut origins = std::collections::BTreeSet::new();
+    for client in state.clients.values() {
+        for origin in &client.web_origins {
+            if origin == "+" {
+                origins.extend(client.redirect_uris.iter().filter_map(|uri| {
+                    let url = url::Url::parse(uri.trim_end_matches('*')).ok()?;
+                    Some(url.origin().ascii_serialization()).filter(|o| o != "null")
+                }));
+            } else {
+                origins.insert(origin.clone());
+            }
+        }
+    }
+    origins.into_iter().collect()
 }
 
 /// Serves `/stats/prometheus` on `[gateway] admin_listen` when set, until the process ends.
@@ -140,7 +165,7 @@ pub async fn start_standalone(config: &Config) -> Result<RunningGateway, String>
     )?;
     let upstream = upstream.parse().map_err(|e| format!("[gateway] upstream = {upstream}: {e}"))?;
     let issuer = config.auth.issuer.clone();
-    let gateway = build(config, Target::Remote(upstream), issuer).await?;
+    let gateway = build(config, Target::Remote(upstream), issuer, Vec::new()).await?;
     spawn_admin(config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

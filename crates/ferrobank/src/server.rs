@@ -206,7 +206,11 @@ pub async fn start_roles(
     if roles.gateway && config.gateway.enabled {
         if idp.is_some() || config.auth.issuer.is_some() {
             let issuer = idp.as_ref().map(|idp| idp.issuer(&config.identity.realm));
-            let gateway = crate::edge::build(config, Target::Local(app), issuer).await?;
+            let origins = idp
+                .as_ref()
+                .map(|idp| crate::edge::realm_web_origins(idp, &config.identity.realm))
+                .unwrap_or_default();
+            let gateway = crate::edge::build(config, Target::Local(app), issuer, origins).await?;
             crate::edge::spawn_admin(config).await?;
             app = crate::edge::router(gateway);
         } else {

@@ -558,3 +558,55 @@ async fn a_policy_the_gateway_cannot_enforce_stops_it_naming_file_and_field() {
     assert!(error.contains("custom.yaml") && error.contains("spec.action"), "{error}");
     assert!(error.contains("CUSTOM"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_follows_the_realms_web_origins() {
+    let app = spawn_configured(Backend::Sqlite, |config| {
+        config.identity.dev_password = Some(common::TEST_PASSWORD.into());
+        config.identity.dev_client_secret = Some(common::TEST_CLIENT_SECRET.into());
+        config.gateway.enabled = true;
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        let (client, url) = (app.client.clone(), format!("{}/api/accounts", app.address));
+        async move {
+            client
+                .request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "authorization, content-type")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // deploy/keycloak/banking-realm.json: banking-web-app's webOrigins.
+    let allowed = preflight("http://localhost:3000").await;
+    assert_eq!(allowed.status().as_u16(), 204);
+    let allow_origin = allowed.headers().get("access-control-allow-origin").unwrap();
+    assert_eq!(allow_origin, "http://localhost:3000");
+    let refused = preflight("https://evil.example").await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+
+    // An actual request from an allowed origin carries the header; from another, it does not.
+    let reply = app
+        .client
+        .get(format!("{}/health", app.address))
+        .header("origin", "https://banking.local")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.headers().get("access-control-allow-origin").unwrap(),
+        "https://banking.local"
+    );
+    let reply = app
+        .client
+        .get(format!("{}/health", app.address))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(reply.headers().get("access-control-allow-origin").is_none());
+}
