@@ -375,7 +375,14 @@ impl Config {
             None => {}
         }
         figment = figment
-            .merge(Env::prefixed("FERROBANK_").split("__").ignore(&["config"]))
+            // `FERROBANK_TEST_*` belongs to the test harness (service URLs for the test
+            // suites), not to the configuration: every other `FERROBANK_*` must be a key.
+            .merge(
+                Env::prefixed("FERROBANK_")
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    .split("__")
+                    .ignore(&["config"]),
+            )
             .merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().map_err(|e| e.to_string())?;
         config.validate()?;

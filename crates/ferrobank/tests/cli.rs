@@ -44,6 +44,17 @@ async fn run(command: &mut tokio::process::Command) -> (i32, String, String) {
 }
 
 #[tokio::test]
+async fn a_misspelled_env_key_is_an_error_and_the_test_harness_namespace_is_not_config() {
+    let dir = Workdir::new();
+    let (code, _, stderr) = run(ferrobank(&["config"], &dir.0).env("FERROBANK_LISTN", "x")).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("listn"), "{stderr}");
+    let (code, _, stderr) =
+        run(ferrobank(&["config"], &dir.0).env("FERROBANK_TEST_REDIS_URL", "redis://x")).await;
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test]
 async fn config_layers_defaults_file_env_and_flags_and_redacts_secrets() {
     let dir = Workdir::new();
     std::fs::write(
