@@ -3,11 +3,15 @@
 //! Nothing here performs I/O, reads a clock or generates an id: time and ids are passed
 //! in, so every rule can be tested without a database or a runtime.
 
+pub mod country;
 pub mod identity;
 pub mod ledger;
 pub mod money;
+pub mod payments;
 pub mod policy;
+pub mod risk;
 
+pub use country::{CountryCode, CountryError};
 pub use identity::{Principal, Role};
 pub use ledger::{
     Account, AccountFlags, AccountId, Balances, Book, LedgerEvent, LedgerTotals, NewAccount,
@@ -15,3 +19,11 @@ pub use ledger::{
     totals_by_ledger,
 };
 pub use money::{Amount, AmountError, Currency, CurrencyError};
+pub use payments::{
+    Beneficiary, BeneficiaryName, Iban, IbanError, NewPayment, PaymentError, PaymentEvent,
+    PaymentId, PaymentStatus, PaymentTrigger, Reference, Transition,
+};
+pub use risk::{
+    CustomerRisk, CustomerTier, ReasonCode, RiskDecision, RiskHistory, RiskOutcome, RiskReason,
+    RiskRules, RiskRulesConfig, RiskRulesError, evaluate,
+};
