@@ -19,7 +19,7 @@
 //! | velocity amount | total in the window (before this one) + amount > `window_max_minor` | `velocity.action` | `velocity_amount` |
 //! | new beneficiary | never paid before and amount > `new_beneficiary_review_above_minor` | review | `new_beneficiary` |
 //! | no limits | the payment's currency has no limits configured | deny | `currency_not_configured` |
-//! | overflow | a total would pass `u64::MAX` minor units: the rule above fires as deny, plus | deny | `amount_overflow` |
+//! | overflow | a total would pass `u64::MAX` minor units (the total's own rule then fires as deny too) | deny | `amount_overflow` |
 //!
 //! Amounts are integer minor units of the payment's currency, never floats. Limits are set
 //! per currency (a number of cents means nothing for yen) and per tier; the caller's totals
@@ -31,8 +31,8 @@
 //! longer list, a lower limit, an unseen beneficiary), so making a payment worse never makes
 //! the decision more lenient; the property tests check that.
 //!
-//! Rules come from configuration ([`RiskRulesConfig`], a `[risk]` table in the config file)
-//! and are validated once into [`RiskRules`]: a typo in a field, a currency or a country
+//! Rules come from configuration ([`RiskRulesConfig`], meant for a `[risk]` table of the
+//! config file) and are validated once into [`RiskRules`]: a typo in a field, a currency or a country
 //! code stops the process from starting instead of weakening a rule. In TOML:
 //!
 //! ```toml

@@ -17,10 +17,12 @@
 //!    `00`, `01` and `99` are refused outright: they are congruent to `97`, `98` and `02`
 //!    modulo 97 and would otherwise pass for them.
 //!
-//! The table below is the SWIFT IBAN Registry (the ISO 13616 registration authority),
-//! release 103: 89 countries with their length and BBAN structure (`n` digits, `a`
-//! upper-case letters, `c` either). Each entry was checked against the registry's example
-//! IBAN, which the tests validate.
+//! The table below is the SWIFT IBAN Registry (SWIFT is the ISO 13616 registration
+//! authority) as of release 100 (October 2025), with Brazil's bank identifier made
+//! alphanumeric as release 103 does: 89 countries with their length and BBAN structure
+//! (`n` digits, `a` upper-case letters, `c` either). Each entry is checked against the
+//! registry's example IBAN in the tests. When SWIFT publishes a release, update the table
+//! and its examples together.
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,7 +56,7 @@ pub enum IbanError {
         position: usize,
     },
     /// Too short, too long, or not the length the registry gives the country.
-    #[error("an IBAN of this country has {expected} characters, not {actual}")]
+    #[error("expected {expected} characters, got {actual}")]
     InvalidLength {
         /// The registry's length for the country (34, the maximum, if not yet known).
         expected: usize,
@@ -243,7 +245,8 @@ pub(crate) fn check_digits_for(country: &str, bban: &str) -> String {
     format!("{:02}", 98 - mod97(provisional.as_bytes()))
 }
 
-/// SWIFT IBAN Registry release 103: country, IBAN length, BBAN structure. Sorted by code.
+/// The SWIFT IBAN Registry (see the module documentation): country, IBAN length, BBAN
+/// structure. Sorted by code.
 const REGISTRY: &[(&str, u8, &str)] = &[
     ("AD", 24, "4!n4!n12!c"),
     ("AE", 23, "3!n16!n"),
