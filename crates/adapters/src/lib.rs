@@ -7,8 +7,10 @@
 //! `realm` reads and checks Keycloak realm files, the configuration of the coming provider.
 //! `rate_limit` keeps the edge's token buckets in memory or in Redis (shared by replicas).
 //! `mtls` issues the development PKI of SPIFFE identities and builds the rustls
-//! configurations with which roles authenticate each other.
+//! configurations with which roles authenticate each other. `bus` carries events in
+//! process or through RabbitMQ.
 
+pub mod bus;
 pub mod idp;
 pub mod istio;
 pub mod mtls;

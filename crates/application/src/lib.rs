@@ -3,9 +3,11 @@
 //! Each use case takes its ports (store, clock) from [`LedgerService`]; a state change and
 //! the outbox event announcing it are committed in one transaction. Transfers go through
 //! a bounded queue and are committed in batches by one writer task (group commit).
-//! `rate_limit` is the port of the edge's per-route, per-client token buckets.
+//! `rate_limit` is the port of the edge's per-route, per-client token buckets; `bus` the
+//! event bus (CloudEvents published with confirmation, consumed at least once).
 
 pub mod access;
+pub mod bus;
 pub mod clock;
 pub mod idempotency;
 pub mod ledger;
@@ -13,6 +15,7 @@ pub mod outbox;
 pub mod ports;
 pub mod rate_limit;
 
+pub use bus::{BusError, DeadLetter, Delivery, Event, EventBus, RetryPolicy, Subscription};
 pub use clock::{Clock, SystemClock};
 pub use idempotency::{IdempotencyStore, KeyClaim};
 pub use ledger::{LedgerError, LedgerLimits, LedgerService, OpenOutcome};

@@ -1,0 +1,436 @@
+//! The event-bus conformance suite: every case runs against the in-process bus and against
+//! RabbitMQ (`FERROBANK_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`; a
+//! RabbitMQ that is not running fails the tests, `scripts/test.sh` starts one). Each test
+//! uses its own name prefix on the broker, so tests run in parallel, and deletes its
+//! exchange and queues when it ends (also when it fails).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrobank_adapters::bus::{MemoryBus, MemoryBusOptions, RabbitBus, RabbitBusOptions};
+use ferrobank_application::bus::{
+    BusError, DeadLetter, DeadLetterReason, Delivery, Event, EventBus, MAX_EVENT_BYTES,
+    RetryPolicy, Subscription,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Longest a test waits for something that should happen.
+const DEADLINE: Duration = Duration::from_secs(15);
+/// How long a test watches for something that should not happen.
+const QUIET: Duration = Duration::from_millis(500);
+/// Short backoffs so that retries come back within a test.
+const RETRY: RetryPolicy =
+    RetryPolicy { max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 200 };
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    Rabbit,
+}
+
+/// Generates one test per backend for each named `async fn(Backend)`: `name::memory` and
+/// `name::rabbitmq`.
+macro_rules! on_both_buses {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    super::$name(super::Backend::Memory).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn rabbitmq() {
+                    super::$name(super::Backend::Rabbit).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_buses!(
+    round_trip_keeps_every_cloudevents_attribute,
+    events_of_one_subject_arrive_in_publish_order,
+    a_retried_event_comes_back_with_the_next_attempt,
+    a_poison_event_lands_in_the_dead_letter_queue,
+    every_consumer_gets_every_event,
+    an_unsettled_event_comes_back_when_its_subscription_drops,
+    concurrent_publishes_are_each_delivered_once,
+    prefetch_bounds_unsettled_deliveries,
+    invalid_events_and_subscriptions_are_refused,
+);
+
+fn amqp_url() -> String {
+    std::env::var("FERROBANK_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's bus: in memory, or on RabbitMQ under a prefix of its own whose exchange and
+/// queues are deleted on drop.
+struct Harness {
+    bus: Arc<dyn EventBus>,
+    rabbit: Option<(RabbitBus, RabbitBusOptions)>,
+}
+
+impl Harness {
+    async fn new(backend: Backend) -> Self {
+        Self::with_prefetch(backend, 32).await
+    }
+
+    async fn with_prefetch(backend: Backend, prefetch: u16) -> Self {
+        match backend {
+            Backend::Memory => {
+                let options = MemoryBusOptions { retry: RETRY, prefetch, ..Default::default() };
+                Self { bus: Arc::new(MemoryBus::new(options).unwrap()), rabbit: None }
+            }
+            Backend::Rabbit => {
+                let options = RabbitBusOptions {
+                    prefix: format!("test-{}", Uuid::new_v4().simple()),
+                    retry: RETRY,
+                    prefetch,
+                    ..Default::default()
+                };
+                let url = amqp_url();
+                let bus = RabbitBus::connect(&url, options.clone()).await.unwrap_or_else(|e| {
+                    panic!(
+                        "RabbitMQ is not reachable at {url} ({e}). Start it (./scripts/test.sh \
+                         does: rabbitmq-server -detached) or point FERROBANK_TEST_AMQP_URL at one."
+                    )
+                });
+                Self { bus: Arc::new(bus.clone()), rabbit: Some((bus, options)) }
+            }
+        }
+    }
+
+    async fn subscribe(&self, consumer: &str, types: &[&str]) -> Box<dyn Subscription> {
+        self.bus.subscribe(consumer, types).await.unwrap()
+    }
+
+    async fn publish(&self, event: &Event) {
+        self.bus.publish(event).await.unwrap();
+    }
+
+    /// Polls the consumer's dead-letter queue until it holds `count` letters.
+    async fn dead_letters(&self, consumer: &str, count: usize) -> Vec<DeadLetter> {
+        let start = Instant::now();
+        loop {
+            let letters = self.bus.dead_letters(consumer, 100).await.unwrap();
+            if letters.len() >= count || start.elapsed() > DEADLINE {
+                assert_eq!(letters.len(), count, "dead letters of {consumer}: {letters:?}");
+                return letters;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let Some((bus, options)) = self.rabbit.take() else { return };
+        let consumers = bus.declared_consumers();
+        // Drop cannot await, and the test's runtime may be shutting down: clean up from a
+        // thread with a runtime and a connection of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let cleaner = RabbitBus::connect(&amqp_url(), options).await?;
+                for consumer in consumers {
+                    cleaner.delete_consumer(&consumer).await?;
+                }
+                cleaner.teardown().await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!("could not delete the test's RabbitMQ exchange and queues: {e}");
+        }
+    }
+}
+
+fn event(type_: &str, subject: &str, n: u64) -> Event {
+    Event::new(
+        Uuid::now_v7(),
+        "/ferrobank/test",
+        type_,
+        subject,
+        "2025-01-31T12:00:00.000Z",
+        json!({ "n": n, "subject": subject }),
+    )
+    .with_traceparent(TRACEPARENT)
+}
+
+/// The next delivery, failing the test after [`DEADLINE`].
+async fn next(subscription: &mut Box<dyn Subscription>) -> Delivery {
+    match tokio::time::timeout(DEADLINE, subscription.next()).await {
+        Ok(delivery) => delivery.unwrap(),
+        Err(_) => panic!("no delivery within {DEADLINE:?}"),
+    }
+}
+
+/// Asserts that nothing is delivered for [`QUIET`].
+async fn nothing_more(subscription: &mut Box<dyn Subscription>) {
+    if let Ok(delivery) = tokio::time::timeout(QUIET, subscription.next()).await {
+        panic!("unexpected delivery: {:?}", delivery.map(|d| d.event().clone()));
+    }
+}
+
+fn n_of(event: &Event) -> u64 {
+    event.data["n"].as_u64().unwrap()
+}
+
+async fn round_trip_keeps_every_cloudevents_attribute(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut audit = h.subscribe("audit", &["transfer.created"]).await;
+
+    let created = event("transfer.created", "acct-1", 1);
+    let posted = event("transfer.posted", "acct-1", 2);
+    h.publish(&created).await;
+    h.publish(&posted).await; // no consumer bound to it: published to nobody
+
+    let delivery = next(&mut audit).await;
+    assert_eq!(delivery.event(), &created);
+    assert_eq!(delivery.event().traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(delivery.event().datacontenttype, "application/json");
+    assert_eq!(delivery.attempt(), 1);
+    assert!(!delivery.redelivered());
+    delivery.ack().await.unwrap();
+    nothing_more(&mut audit).await;
+}
+
+async fn events_of_one_subject_arrive_in_publish_order(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut ledger = h.subscribe("ledger", &["transfer.created", "transfer.posted"]).await;
+    let subjects = ["acct-a", "acct-b", "acct-c"];
+    for n in 0..60 {
+        let type_ = if n % 2 == 0 { "transfer.created" } else { "transfer.posted" };
+        h.publish(&event(type_, subjects[(n % 3) as usize], n)).await;
+    }
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for _ in 0..60 {
+        let delivery = next(&mut ledger).await;
+        seen.entry(delivery.event().subject.clone()).or_default().push(n_of(delivery.event()));
+        delivery.ack().await.unwrap();
+    }
+    for subject in subjects {
+        let ns = &seen[subject];
+        assert_eq!(ns.len(), 20, "{subject}: {ns:?}");
+        assert!(ns.is_sorted(), "{subject} out of order: {ns:?}");
+    }
+}
+
+async fn a_retried_event_comes_back_with_the_next_attempt(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let created = event("transaction.created", "acct-1", 1);
+    h.publish(&created).await;
+
+    let first = next(&mut worker).await;
+    assert_eq!(first.attempt(), 1);
+    let retried_at = Instant::now();
+    first.retry().await.unwrap();
+
+    let second = next(&mut worker).await;
+    assert_eq!(second.event(), &created);
+    assert_eq!(second.attempt(), 2);
+    assert!(!second.redelivered());
+    let waited = retried_at.elapsed();
+    assert!(waited >= Duration::from_millis(RETRY.backoff_ms(1)), "came back after {waited:?}");
+    let retried_at = Instant::now();
+    second.retry().await.unwrap();
+
+    let third = next(&mut worker).await;
+    assert_eq!((third.event(), third.attempt()), (&created, 3));
+    let waited = retried_at.elapsed();
+    assert!(waited >= Duration::from_millis(RETRY.backoff_ms(2)), "came back after {waited:?}");
+    third.ack().await.unwrap();
+    nothing_more(&mut worker).await;
+    assert_eq!(h.bus.dead_letters("worker", 10).await.unwrap(), []);
+}
+
+async fn a_poison_event_lands_in_the_dead_letter_queue(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let poison = event("transaction.created", "acct-1", 1);
+    let good = event("transaction.created", "acct-2", 2);
+    h.publish(&poison).await;
+    h.publish(&good).await;
+
+    // The poison fails every attempt; the good event, behind it, is not held up.
+    let mut attempts = Vec::new();
+    let mut good_done = false;
+    while attempts.len() < RETRY.max_attempts as usize || !good_done {
+        let delivery = next(&mut worker).await;
+        if delivery.event() == &poison {
+            attempts.push(delivery.attempt());
+            delivery.retry().await.unwrap();
+        } else {
+            assert_eq!(delivery.event(), &good);
+            good_done = true;
+            delivery.ack().await.unwrap();
+        }
+    }
+    assert_eq!(attempts, [1, 2, 3]);
+    let letters = h.dead_letters("worker", 1).await;
+    assert_eq!(
+        letters,
+        [DeadLetter {
+            event: Some(poison.clone()),
+            attempt: 3,
+            reason: DeadLetterReason::MaxAttempts
+        }]
+    );
+
+    // A rejected event goes there at once; reading the queue leaves it as it was.
+    let hopeless = event("transaction.created", "acct-3", 3);
+    h.publish(&hopeless).await;
+    let delivery = next(&mut worker).await;
+    assert_eq!(delivery.event(), &hopeless);
+    delivery.reject().await.unwrap();
+    let letters = h.dead_letters("worker", 2).await;
+    let rejected =
+        DeadLetter { event: Some(hopeless), attempt: 1, reason: DeadLetterReason::Rejected };
+    assert_eq!(letters[1], rejected);
+    assert_eq!(h.dead_letters("worker", 2).await, letters);
+    assert_eq!(h.bus.dead_letters("worker", 1).await.unwrap(), letters[..1]);
+    nothing_more(&mut worker).await;
+    assert_eq!(h.bus.dead_letters("nobody", 10).await.unwrap(), []);
+}
+
+async fn every_consumer_gets_every_event(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut notifications = h.subscribe("notifications", &["transaction.completed"]).await;
+    let mut audit = h.subscribe("audit", &["transaction.completed", "transaction.failed"]).await;
+    let mut published = BTreeSet::new();
+    for n in 0..20 {
+        let event = event("transaction.completed", &format!("acct-{n}"), n);
+        published.insert(event.id.clone());
+        h.publish(&event).await;
+    }
+    for subscription in [&mut notifications, &mut audit] {
+        let mut received = BTreeSet::new();
+        for _ in 0..20 {
+            let delivery = next(subscription).await;
+            received.insert(delivery.event().id.clone());
+            delivery.ack().await.unwrap();
+        }
+        assert_eq!(received, published);
+    }
+    nothing_more(&mut notifications).await;
+    nothing_more(&mut audit).await;
+}
+
+async fn an_unsettled_event_comes_back_when_its_subscription_drops(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let created = event("transaction.created", "acct-1", 1);
+    h.publish(&created).await;
+    let crashed = next(&mut worker).await;
+    assert_eq!(crashed.event(), &created);
+    drop(worker); // the worker dies holding the delivery
+
+    let mut restarted = h.subscribe("worker", &["transaction.created"]).await;
+    let again = next(&mut restarted).await;
+    assert_eq!(again.event(), &created);
+    assert_eq!(again.attempt(), 1);
+    assert!(again.redelivered());
+    // The first delivery's subscription is gone: settling it now changes nothing.
+    assert!(matches!(crashed.ack().await, Err(BusError::NotInFlight)));
+    again.ack().await.unwrap();
+    nothing_more(&mut restarted).await;
+}
+
+async fn concurrent_publishes_are_each_delivered_once(backend: Backend) {
+    const PUBLISHERS: u64 = 8;
+    const EACH: u64 = 50;
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PUBLISHERS {
+        let bus = h.bus.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                let event = event("transaction.created", &format!("acct-{p}"), i);
+                bus.publish(&event).await.unwrap();
+                ids.push(event.id);
+            }
+            ids
+        });
+    }
+    let published: BTreeSet<String> = tasks.join_all().await.into_iter().flatten().collect();
+    assert_eq!(published.len() as u64, PUBLISHERS * EACH);
+
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    while counts.len() < published.len() {
+        let delivery = next(&mut worker).await;
+        *counts.entry(delivery.event().id.clone()).or_default() += 1;
+        delivery.ack().await.unwrap();
+    }
+    nothing_more(&mut worker).await;
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), published);
+    let duplicates: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(duplicates.is_empty(), "delivered more than once: {duplicates:?}");
+}
+
+async fn prefetch_bounds_unsettled_deliveries(backend: Backend) {
+    let h = Harness::with_prefetch(backend, 2).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    assert_eq!(worker.prefetch(), 2);
+    for n in 0..3 {
+        h.publish(&event("transaction.created", "acct-1", n)).await;
+    }
+    let first = next(&mut worker).await;
+    let second = next(&mut worker).await;
+    assert_eq!((n_of(first.event()), n_of(second.event())), (0, 1));
+    nothing_more(&mut worker).await; // two unsettled: the third waits
+    first.ack().await.unwrap();
+    let third = next(&mut worker).await;
+    assert_eq!(n_of(third.event()), 2);
+    second.ack().await.unwrap();
+    third.ack().await.unwrap();
+}
+
+async fn invalid_events_and_subscriptions_are_refused(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let bad_trace = event("transaction.created", "acct-1", 1).with_traceparent("00-abc-01");
+    assert!(matches!(h.bus.publish(&bad_trace).await, Err(BusError::InvalidEvent(_))));
+    let mut large = event("transaction.created", "acct-1", 2);
+    large.data = json!({ "blob": "x".repeat(MAX_EVENT_BYTES) });
+    assert!(matches!(h.bus.publish(&large).await, Err(BusError::TooLarge { .. })));
+    for (consumer, types) in
+        [("Worker", &["a"][..]), ("worker.dlq", &["a"]), ("w", &["a.#"]), ("w", &[])]
+    {
+        let refused = h.bus.subscribe(consumer, types).await;
+        assert!(matches!(refused, Err(BusError::InvalidSubscription(_))), "{consumer} {types:?}");
+    }
+    nothing_more(&mut worker).await;
+}
+
+/// The in-process bus is bounded: a publish that would overfill any consumer's queue is
+/// refused for all of them.
+#[tokio::test]
+async fn memory_queue_bound_refuses_the_whole_publish() {
+    let options = MemoryBusOptions { retry: RETRY, max_queue_len: 2, ..Default::default() };
+    let bus = MemoryBus::new(options).unwrap();
+    let mut slow = bus.subscribe("slow", &["transaction.created"]).await.unwrap();
+    let mut fast = bus.subscribe("fast", &["transaction.created"]).await.unwrap();
+    bus.publish(&event("transaction.created", "acct-1", 0)).await.unwrap();
+    bus.publish(&event("transaction.created", "acct-1", 1)).await.unwrap();
+    for _ in 0..2 {
+        next(&mut fast).await.ack().await.unwrap();
+    }
+    let refused = bus.publish(&event("transaction.created", "acct-1", 2)).await;
+    assert!(matches!(refused, Err(BusError::Full { consumer }) if consumer == "slow"));
+    nothing_more(&mut fast).await;
+    // In flight still counts against the bound; settled frees it.
+    let held = next(&mut slow).await;
+    assert!(bus.publish(&event("transaction.created", "acct-1", 3)).await.is_err());
+    held.ack().await.unwrap();
+    bus.publish(&event("transaction.created", "acct-1", 4)).await.unwrap();
+    assert_eq!(n_of(next(&mut fast).await.event()), 4);
+}
