@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every ferrobank test on this machine, fresh or not: installs and starts what the
-# tests need (PostgreSQL, Redis, cargo-nextest), then runs the whole workspace with nextest.
+# tests need (PostgreSQL, Redis, RabbitMQ, cargo-nextest), then runs the whole workspace
+# with nextest.
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh -E 'test(api)'   # extra arguments go to `cargo nextest run`
@@ -73,6 +74,37 @@ ensure_redis() {
   fi
   export FERROBANK_TEST_REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT"
   log "Redis ready at $REDIS_HOST:$REDIS_PORT"
+}
+
+AMQP_HOST=127.0.0.1
+AMQP_PORT=5672
+
+# The event bus's broker (crates/adapters/tests/bus.rs): each test declares its exchange and
+# queues under a name prefix of its own and deletes them when it ends.
+ensure_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    log "RabbitMQ is not installed: installing it with apt"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  # The CLI tools authenticate with the node's Erlang cookie, which root can read.
+  if ! as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    for _ in $(seq 1 120); do
+      as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+  fi
+  # Up is not yet accepting: wait for the AMQP listener too.
+  for _ in $(seq 1 60); do
+    as_root rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  as_root rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1 \
+    || { log "RabbitMQ did not start (see /var/log/rabbitmq/)"; exit 1; }
+  export FERROBANK_TEST_AMQP_URL="amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f"
+  log "RabbitMQ ready at $AMQP_HOST:$AMQP_PORT"
 }
 
 ensure_nextest() {
@@ -154,6 +186,7 @@ api_contract() {
 PWD_ROOT=$PWD
 ensure_postgres
 ensure_redis
+ensure_rabbitmq
 ensure_nextest
 ensure_oidc_provider
 ensure_oic
