@@ -434,3 +434,100 @@ async fn memory_queue_bound_refuses_the_whole_publish() {
     bus.publish(&event("transaction.created", "acct-1", 4)).await.unwrap();
     assert_eq!(n_of(next(&mut fast).await.event()), 4);
 }
+
+/// A TCP proxy between the bus and RabbitMQ that the test can cut (every connection
+/// dropped, as when the broker goes away) and refuse new connections through.
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let accept = tokio::spawn({
+            let (up, connections) = (up.clone(), connections.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let upstream = upstream.clone();
+                    connections.lock().unwrap().spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, up, connections, accept }
+    }
+
+    /// Drops every connection and refuses new ones.
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.connections.lock().unwrap().abort_all();
+    }
+
+    fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+/// RabbitMQ goes away and comes back: publishing fails while it is gone and works again
+/// after, subscriptions end and are taken up again, and the event a consumer held unsettled
+/// when the connection broke is delivered again. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connection_loss_loses_nothing() {
+    let direct = url::Url::parse(&amqp_url()).unwrap();
+    let upstream =
+        format!("{}:{}", direct.host_str().unwrap(), direct.port_or_known_default().unwrap());
+    let proxy = Proxy::start(upstream).await;
+    let mut through_proxy = direct.clone();
+    through_proxy.set_port(Some(proxy.port)).unwrap();
+    let h = Harness::new(Backend::Rabbit).await; // owns (and deletes) the topology
+    let (_, options) = h.rabbit.clone().unwrap();
+    let options = RabbitBusOptions { connect_timeout_ms: 1_000, ..options };
+    let bus = RabbitBus::connect(through_proxy.as_str(), options).await.unwrap();
+
+    let mut worker = bus.subscribe("worker", &["transaction.created"]).await.unwrap();
+    let held = event("transaction.created", "acct-1", 1);
+    bus.publish(&held).await.unwrap();
+    let unsettled = next(&mut worker).await;
+    assert_eq!(unsettled.event(), &held);
+
+    proxy.down();
+    let ended = tokio::time::timeout(DEADLINE, worker.next()).await.unwrap();
+    assert!(matches!(ended, Err(BusError::Unavailable(_))), "{ended:?}");
+    let refused = bus.publish(&event("transaction.created", "acct-1", 2)).await;
+    assert!(matches!(refused, Err(BusError::Unavailable(_))), "{refused:?}");
+    assert!(unsettled.ack().await.is_err());
+
+    proxy.up();
+    let after = event("transaction.created", "acct-1", 3);
+    bus.publish(&after).await.unwrap();
+    let mut worker = bus.subscribe("worker", &["transaction.created"]).await.unwrap();
+    let again = next(&mut worker).await;
+    assert_eq!(again.event(), &held);
+    assert!(again.redelivered());
+    again.ack().await.unwrap();
+    let delivery = next(&mut worker).await;
+    assert_eq!(delivery.event(), &after);
+    delivery.ack().await.unwrap();
+    nothing_more(&mut worker).await;
+    drop(worker);
+    bus.teardown().await.unwrap();
+}

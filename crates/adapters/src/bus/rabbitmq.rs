@@ -300,9 +300,10 @@ impl RabbitBus {
 
     async fn open_link(&self) -> Result<Link, BusError> {
         let url = &self.shared.url;
-        let connect = |name: &'static str| async move {
+        let prefix = &self.shared.options.prefix;
+        let connect = |role: &'static str| async move {
             let properties = ConnectionProperties::default()
-                .with_connection_name(format!("ferrobank {name}").into());
+                .with_connection_name(format!("ferrobank {prefix} {role}").into());
             Connection::connect(url, properties)
                 .await
                 .map_err(|e| broker(&format!("connecting to {}", redact(url)), e))
