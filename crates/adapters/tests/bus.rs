@@ -411,6 +411,154 @@ async fn invalid_events_and_subscriptions_are_refused(backend: Backend) {
     nothing_more(&mut worker).await;
 }
 
+mod metrics_count_every_step {
+    // A current-thread runtime: every metric is recorded on the thread of the test's
+    // recorder.
+    #[tokio::test]
+    async fn memory() {
+        super::metrics_count_every_step(super::Backend::Memory).await;
+    }
+
+    #[tokio::test]
+    async fn rabbitmq() {
+        super::metrics_count_every_step(super::Backend::Rabbit).await;
+    }
+}
+
+/// Counters and gauges by `name{label=value,...}`, recorded on the current thread.
+#[derive(Debug, Default, Clone)]
+struct Recorded(Arc<std::sync::Mutex<BTreeMap<String, f64>>>);
+
+struct Metric {
+    key: String,
+    values: Recorded,
+}
+
+impl Recorded {
+    fn get(&self, key: &str) -> f64 {
+        self.0.lock().unwrap().get(key).copied().unwrap_or(0.0)
+    }
+
+    fn update(&self, key: &str, f: impl FnOnce(f64) -> f64) {
+        let mut values = self.0.lock().unwrap();
+        let value = values.entry(key.to_owned()).or_default();
+        *value = f(*value);
+    }
+
+    fn metric(&self, key: &metrics::Key) -> Arc<Metric> {
+        let mut labels: Vec<String> =
+            key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+        labels.sort();
+        let key = format!("{}{{{}}}", key.name(), labels.join(","));
+        Arc::new(Metric { key, values: self.clone() })
+    }
+}
+
+// Metric values are f64 in the metrics API; no money here.
+#[allow(clippy::cast_precision_loss, clippy::float_arithmetic)]
+impl metrics::CounterFn for Metric {
+    fn increment(&self, value: u64) {
+        self.values.update(&self.key, |v| v + value as f64);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.values.update(&self.key, |_| value as f64);
+    }
+}
+
+#[allow(clippy::float_arithmetic)]
+impl metrics::GaugeFn for Metric {
+    fn increment(&self, value: f64) {
+        self.values.update(&self.key, |v| v + value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.values.update(&self.key, |v| v - value);
+    }
+
+    fn set(&self, value: f64) {
+        self.values.update(&self.key, |_| value);
+    }
+}
+
+impl metrics::Recorder for Recorded {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.metric(key))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.metric(key))
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// What operators watch: published, delivered, acked, retried and dead-lettered counts
+/// per consumer, and the depth of its dead-letter queue.
+async fn metrics_count_every_step(backend: Backend) {
+    let recorded = Recorded::default();
+    let _recording = metrics::set_default_local_recorder(&recorded);
+    let bus = match backend {
+        Backend::Memory => "memory",
+        Backend::Rabbit => "rabbitmq",
+    };
+    let h = Harness::new(backend).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    for n in 0..3 {
+        h.publish(&event("transaction.created", "acct-1", n)).await;
+    }
+    next(&mut worker).await.ack().await.unwrap();
+    next(&mut worker).await.retry().await.unwrap();
+    next(&mut worker).await.reject().await.unwrap();
+    let retried = next(&mut worker).await;
+    assert_eq!(retried.attempt(), 2);
+    retried.ack().await.unwrap();
+
+    let consumer = format!("bus={bus},consumer=worker");
+    let count = |name: &str| recorded.get(&format!("ferrobank_bus_{name}{{{consumer}}}"));
+    assert_eq!(
+        recorded
+            .get(&format!("ferrobank_bus_published_total{{bus={bus},type=transaction.created}}")),
+        3.0
+    );
+    assert_eq!(count("delivered_total"), 4.0);
+    assert_eq!(count("acked_total"), 2.0);
+    assert_eq!(count("retried_total"), 1.0);
+    assert_eq!(
+        recorded.get(&format!("ferrobank_bus_dead_lettered_total{{{consumer},reason=rejected}}")),
+        1.0
+    );
+    assert_eq!(count("dead_letters"), 1.0);
+}
+
 /// The in-process bus is bounded: a publish that would overfill any consumer's queue is
 /// refused for all of them.
 #[tokio::test]
