@@ -246,19 +246,27 @@ pub fn validate_type(type_: &str) -> Result<(), BusError> {
     }
 }
 
-/// Checks a subscription: a consumer name of 1 to [`MAX_CONSUMER_BYTES`] of `[a-z0-9_-]`
-/// starting with a letter or digit, and 1 to [`MAX_TYPES_PER_SUBSCRIPTION`] valid types.
-pub fn validate_subscription(consumer: &str, types: &[&str]) -> Result<(), BusError> {
+/// Checks a consumer name: 1 to [`MAX_CONSUMER_BYTES`] of `[a-z0-9_-]` starting with a
+/// letter or digit (no `.`: it separates the parts of queue names).
+pub fn validate_consumer(consumer: &str) -> Result<(), BusError> {
     let name_ok = consumer.len() <= MAX_CONSUMER_BYTES
         && consumer.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && consumer
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
-    if !name_ok {
-        return Err(BusError::InvalidSubscription(format!(
+    if name_ok {
+        Ok(())
+    } else {
+        Err(BusError::InvalidSubscription(format!(
             "consumer {consumer:?} must be 1 to {MAX_CONSUMER_BYTES} bytes of [a-z0-9_-]"
-        )));
+        )))
     }
+}
+
+/// Checks a subscription: a valid consumer name and 1 to [`MAX_TYPES_PER_SUBSCRIPTION`]
+/// valid types.
+pub fn validate_subscription(consumer: &str, types: &[&str]) -> Result<(), BusError> {
+    validate_consumer(consumer)?;
     if types.is_empty() || types.len() > MAX_TYPES_PER_SUBSCRIPTION {
         return Err(BusError::InvalidSubscription(format!(
             "a subscription binds 1 to {MAX_TYPES_PER_SUBSCRIPTION} types"

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use ferrobank_application::bus::{
     BusError, DEFAULT_PREFETCH, DeadLetter, DeadLetterReason, Delivery, Event, EventBus,
     MAX_DEAD_LETTERS_READ, MAX_PREFETCH, Outcome, RetryPolicy, Settle, Subscription,
-    validate_subscription,
+    validate_consumer, validate_subscription,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -183,7 +183,7 @@ impl EventBus for MemoryBus {
     }
 
     async fn dead_letters(&self, consumer: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
-        validate_subscription(consumer, &["any"])?;
+        validate_consumer(consumer)?;
         let Some(queue) = self.queue(consumer) else { return Ok(Vec::new()) };
         let state = lock(&queue.state);
         Ok(state.dead.iter().take(max.min(MAX_DEAD_LETTERS_READ)).cloned().collect())

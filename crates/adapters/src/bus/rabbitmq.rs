@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use ferrobank_application::bus::{
     BusError, CLOUDEVENTS_JSON, DEFAULT_PREFETCH, DeadLetter, DeadLetterReason, Delivery, Event,
     EventBus, MAX_DEAD_LETTERS_READ, MAX_PREFETCH, Outcome, RetryPolicy, Settle, Subscription,
-    validate_subscription,
+    validate_consumer, validate_subscription,
 };
 use futures_core::Stream;
 use lapin::options::{
@@ -220,7 +220,7 @@ impl RabbitBus {
 
     /// Deletes `consumer`'s queues (its events, retries and dead letters with them).
     pub async fn delete_consumer(&self, consumer: &str) -> Result<(), BusError> {
-        validate_subscription(consumer, &["any"])?;
+        validate_consumer(consumer)?;
         let names = Names::new(&self.shared.options.prefix, consumer);
         let channel = self.consuming_channel().await?;
         let mut queues = vec![names.queue.clone(), names.dlq.clone()];
@@ -573,7 +573,7 @@ impl EventBus for RabbitBus {
     }
 
     async fn dead_letters(&self, consumer: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
-        validate_subscription(consumer, &["any"])?;
+        validate_consumer(consumer)?;
         let names = Names::new(&self.shared.options.prefix, consumer);
         let channel = self.consuming_channel().await?;
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
