@@ -3,6 +3,7 @@
 //! Nothing here performs I/O, reads a clock or generates an id: time and ids are passed
 //! in, so every rule can be tested without a database or a runtime.
 
+pub mod audit;
 pub mod country;
 pub mod identity;
 pub mod ledger;
