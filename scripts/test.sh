@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every ferrobank test on this machine, fresh or not: installs and starts what the
-# tests need (PostgreSQL, Redis, RabbitMQ, cargo-nextest), then runs the whole workspace
+# tests need (PostgreSQL, Redis, RabbitMQ, a MongoDB-wire server, cargo-nextest), then runs the whole workspace
 # with nextest.
 #
 #   ./scripts/test.sh            # everything
@@ -107,6 +107,33 @@ ensure_rabbitmq() {
   log "RabbitMQ ready at $AMQP_HOST:$AMQP_PORT"
 }
 
+MONGO_HOST=127.0.0.1
+MONGO_PORT=27017
+
+# The audit log's document store (crates/adapters/tests/audit.rs): SecantusDB, a
+# MongoDB-wire-compatible server from PyPI, in memory; each test drops its own database.
+ensure_mongo() {
+  if ! python3 -c "import socket; socket.create_connection(('$MONGO_HOST', $MONGO_PORT), 1)" 2>/dev/null; then
+    if ! command -v secantusd-py >/dev/null 2>&1; then
+      log "SecantusDB is not installed: installing it with pip"
+      python3 -m pip install --quiet secantusdb
+    fi
+    log "starting SecantusDB (MongoDB wire protocol)"
+    mkdir -p "${TMPDIR:-/tmp}/ferrobank-secantus"
+    setsid nohup secantusd-py --host "$MONGO_HOST" --port "$MONGO_PORT" --storage-path :memory: \
+      --cache-size 256M >"${TMPDIR:-/tmp}/ferrobank-secantus/secantusd.log" 2>&1 </dev/null &
+    for _ in $(seq 1 120); do
+      python3 -c "import socket; socket.create_connection(('$MONGO_HOST', $MONGO_PORT), 1)" 2>/dev/null && break
+      sleep 0.5
+    done
+    python3 -c "import socket; socket.create_connection(('$MONGO_HOST', $MONGO_PORT), 1)" 2>/dev/null \
+      || { log "SecantusDB did not start (see ${TMPDIR:-/tmp}/ferrobank-secantus/secantusd.log)"; exit 1; }
+  fi
+  # directConnection: SecantusDB advertises a one-node replica set named `secantus`.
+  export FERROBANK_TEST_MONGO_URL="mongodb://$MONGO_HOST:$MONGO_PORT/?directConnection=true"
+  log "MongoDB wire server ready at $MONGO_HOST:$MONGO_PORT"
+}
+
 ensure_nextest() {
   if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
@@ -187,6 +214,7 @@ PWD_ROOT=$PWD
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
+ensure_mongo
 ensure_nextest
 ensure_oidc_provider
 ensure_oic

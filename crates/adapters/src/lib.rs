@@ -8,8 +8,10 @@
 //! `rate_limit` keeps the edge's token buckets in memory or in Redis (shared by replicas).
 //! `mtls` issues the development PKI of SPIFFE identities and builds the rustls
 //! configurations with which roles authenticate each other. `bus` carries events in
-//! process or through RabbitMQ.
+//! process or through RabbitMQ. `audit` keeps the hash-chained audit
+//! trail in MongoDB (the SQL table is `SqlStore`'s).
 
+pub mod audit;
 pub mod bus;
 pub mod idp;
 pub mod istio;

@@ -7,6 +7,7 @@
 //! event bus (CloudEvents published with confirmation, consumed at least once).
 
 pub mod access;
+pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod idempotency;
@@ -15,6 +16,7 @@ pub mod outbox;
 pub mod ports;
 pub mod rate_limit;
 
+pub use audit::{AuditLog, AuditPage, AuditQuery, MAX_AUDIT_PAGE, verify_log};
 pub use bus::{BusError, DeadLetter, Delivery, Event, EventBus, RetryPolicy, Subscription};
 pub use clock::{Clock, SystemClock};
 pub use idempotency::{IdempotencyStore, KeyClaim};

@@ -334,9 +334,19 @@ pub enum ChainBreak {
 /// were verified, or the first break. A chain cut after its last record verifies: compare
 /// the count (or the last hash) with a copy kept elsewhere to detect truncation.
 pub fn verify<'a>(records: impl IntoIterator<Item = &'a AuditRecord>) -> Result<u64, ChainBreak> {
+    verify_after(None, records)
+}
+
+/// Checks records that continue the chain after `last` (an already verified record; `None`
+/// for the start of the chain), so a long stream can be verified page by page. Returns how
+/// many of `records` were verified, or the first break.
+pub fn verify_after<'a>(
+    last: Option<&'a AuditRecord>,
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+) -> Result<u64, ChainBreak> {
     let mut records = records.into_iter();
-    let mut head = ChainHead::GENESIS;
-    let mut previous: Option<&AuditRecord> = None;
+    let mut head = last.map_or(ChainHead::GENESIS, ChainHead::of);
+    let mut previous = last;
     let mut count = 0_u64;
     while let Some(record) = records.next() {
         if record.compute_hash() != record.hash {

@@ -105,3 +105,23 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    #[test]
+    fn verifying_page_by_page_finds_the_same(len in 1_usize..40, page in 1_usize..8, at: prop::sample::Index, field: u8, salt: u64) {
+        let mut records = chain(len, salt);
+        prop_assert_eq!(verify(&records), Ok(len as u64));
+        let k = at.index(len);
+        mutate(&mut records[k], field);
+        let mut last = None;
+        let mut outcome = Ok(0);
+        for chunk in records.chunks(page) {
+            match ferrobank_domain::audit::verify_after(last, chunk) {
+                Ok(n) => outcome = outcome.map(|count| count + n),
+                Err(error) => { outcome = Err(error); break; }
+            }
+            last = chunk.last();
+        }
+        prop_assert_eq!(outcome, verify(&records));
+    }
+}

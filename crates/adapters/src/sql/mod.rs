@@ -1,5 +1,6 @@
 //! The SQL store: connection, migrations and error mapping.
 
+mod audit;
 mod idempotency;
 mod identity;
 mod ledger;
@@ -76,6 +77,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "identity",
         sql: include_str!("../../migrations/sqlite/0002_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "audit",
+        sql: include_str!("../../migrations/sqlite/0003_audit.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -89,10 +95,15 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         name: "identity",
         sql: include_str!("../../migrations/postgres/0002_identity.sql"),
     },
+    Migration {
+        version: 3,
+        name: "audit",
+        sql: include_str!("../../migrations/postgres/0003_audit.sql"),
+    },
 ];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The ledger and idempotency stores over one connection pool.
 #[derive(Debug, Clone)]
