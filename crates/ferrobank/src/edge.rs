@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use ferrobank_adapters::idp::IdentityProvider;
+use ferrobank_adapters::oidc::OidcConfig;
 use ferrobank_adapters::rate_limit::{MemoryRateLimiter, RedisLimiterOptions, RedisRateLimiter};
 use ferrobank_application::RateLimiter;
 use ferrobank_interfaces::gateway::{Gateway, GatewayConfig, Source, Target, serve_request};
@@ -86,6 +87,13 @@ pub async fn build(
             rate_limit_fail_open: settings.rate_limit_fail_open,
             reload_interval_ms: settings.reload_interval_ms,
             https: settings.https,
+            // `[auth]`'s algorithms, leeway and CA file apply to the edge's issuers too.
+            oidc: OidcConfig {
+                algorithms: config.auth.algorithms.clone(),
+                leeway_s: config.auth.leeway_s,
+                ca_file: config.auth.ca_file.clone(),
+                ..OidcConfig::new("", Vec::new())
+            },
             upstream_tls: crate::mesh::upstream_tls(config)?,
         },
         limiter,

@@ -610,3 +610,34 @@ async fn cors_follows_the_realms_web_origins() {
         .unwrap();
     assert!(reply.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_reads_the_token_as_the_services_do_and_refuses_two() {
+    let idp = TestIdp::start().await;
+    let app = edge_app(&idp, |_| {}).await;
+    let customer = idp.token("c-1", &["customer"]);
+    let path = format!("/api/accounts/{}", Uuid::now_v7());
+    let send = |headers: String| {
+        let (addr, path) = (app.address.trim_start_matches("http://").to_owned(), path.clone());
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        }
+    };
+    // The scheme is case-insensitive (RFC 7235): the edge sees the same user the API sees.
+    let lower = send(format!("authorization: bearer {customer}\r\n")).await;
+    assert!(lower.starts_with("HTTP/1.1 404"), "{lower}");
+    // Two Authorization headers: whichever the service would read, the edge refuses both.
+    let anonymous_token = idp.token("c-2", &["banking-admin"]);
+    let two = send(format!(
+        "Authorization: Bearer {customer}\r\nAuthorization: Bearer {anonymous_token}\r\n"
+    ))
+    .await;
+    assert!(two.starts_with("HTTP/1.1 401") && two.ends_with(JWT_INVALID), "{two}");
+}

@@ -536,14 +536,15 @@ fn rate_limit(spec: &EnvoyFilterSpec) -> Result<RateLimit, (String, String)> {
         ("filter_enabled", &value.typed_config.filter_enabled),
         ("filter_enforced", &value.typed_config.filter_enforced),
     ] {
-        let full = fraction.as_ref().is_none_or(|f| {
+        // Envoy's default for an absent fraction is 0% ("for safety"): the YAML must say.
+        let full = fraction.as_ref().is_some_and(|f| {
             let default = &f["default_value"];
             default["numerator"] == 100 && default["denominator"] == "HUNDRED"
         });
         if !full {
             return Err((
                 at(&format!("patch.value.typed_config.{name}")),
-                "only 100/HUNDRED is supported".into(),
+                "must be present and 100/HUNDRED (Envoy's default is 0%)".into(),
             ));
         }
     }

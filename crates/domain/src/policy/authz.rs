@@ -587,6 +587,14 @@ impl AuthorizationPolicy {
 
     /// Why the policy cannot be enforced, if it uses a refused feature.
     pub fn unsupported(&self) -> Option<&'static str> {
+        let bad_ip = self.spec.rules.iter().flat_map(|r| &r.when).any(|c| {
+            matches!(c.key, ConditionKey::SourceIp | ConditionKey::RemoteIp)
+                && c.values.iter().chain(&c.not_values).any(|v| IpBlock::parse(v).is_none())
+        });
+        if bad_ip {
+            // Istio rejects such a policy; matching nothing instead would disarm a DENY.
+            return Some("spec.rules[].when[].values: an IP condition value is not an IP or CIDR");
+        }
         match self.spec.action {
             Action::Custom => Some("spec.action: CUSTOM needs an external authorizer"),
             Action::Audit => Some("spec.action: AUDIT needs an audit provider"),
@@ -847,6 +855,13 @@ mod tests {
         }
         let custom = policy("ns", "ext", json!({"action": "CUSTOM", "rules": [{}]}));
         assert!(custom.unsupported().is_some());
+        let bad_cidr = policy(
+            "ns",
+            "ip",
+            json!({"action": "DENY", "rules": [{"when": [
+            {"key": "source.ip", "values": ["10.0.0.0/33"]}]}]}),
+        );
+        assert!(bad_cidr.unsupported().is_some_and(|why| why.contains("IP or CIDR")));
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub fn normalize_path(path: &str) -> Result<String, PathRejection> {
         return Err(PathRejection::NotAbsolute);
     }
     let decoded = decode(path)?;
-    Ok(remove_dot_segments(&merge_slashes(&decoded)))
+    // RFC 3986 first, then merged slashes: Envoy's `normalize_path` then `merge_slashes`.
+    Ok(merge_slashes(&remove_dot_segments(&decoded)))
 }
 
 /// Decodes unreserved characters and `%2F`/`%5C`, maps `\` to `/`, upper-cases the hex of
@@ -175,6 +176,8 @@ mod tests {
         assert_eq!(norm("/../../etc/passwd"), "/etc/passwd");
         assert_eq!(norm("/%61pi/admin"), "/api/admin");
         assert_eq!(norm("/api/loans/%2e%2e%2fadmin"), "/api/admin");
+        // As Envoy: dot segments go before slashes merge, so `..` undoes the empty segment.
+        assert_eq!(norm("/a/b//../c"), "/a/b/c");
     }
 
     #[test]

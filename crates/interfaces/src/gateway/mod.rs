@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     pub reload_interval_ms: u64,
     /// Whether clients reach the gateway over https (HSTS, `x-forwarded-proto`).
     pub https: bool,
+    /// Validator settings (algorithms, leeway, CA file) every JWT rule's issuer gets.
+    pub oidc: OidcConfig,
     /// The mesh's mutual TLS for `https://` upstreams (`mtls::client_config`); `None`:
     /// upstreams are called over plaintext.
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
@@ -248,7 +250,11 @@ impl Gateway {
         if let Some(validator) = cache.get(&key) {
             return Ok(validator.clone());
         }
-        let config = OidcConfig::new(issuer, audiences.to_vec());
+        let config = OidcConfig {
+            issuer: issuer.to_owned(),
+            audiences: audiences.to_vec(),
+            ..self.config.oidc.clone()
+        };
         let validator =
             Arc::new(TokenValidator::new(&config).map_err(|e| format!("issuer {issuer}: {e}"))?);
         cache.insert(key, validator.clone());
@@ -376,15 +382,9 @@ impl Gateway {
 
         // RequestAuthentication (Envoy jwt_authn): the first validator whose issuer is the
         // token's `iss`; an unknown issuer is as invalid as a bad signature.
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let verified = match bearer {
-            None => None,
-            Some(token) => Some(
+        let verified = match bearer_token(&parts.headers) {
+            Ok(None) => None,
+            Ok(Some(token)) => Some(
                 self.verify(
                     token,
                     &compiled.ingress_validators,
@@ -392,6 +392,8 @@ impl Gateway {
                 )
                 .await,
             ),
+            // Two Authorization headers: the edge and the service could read different ones.
+            Err(()) => Some(Err(())),
         };
         let auth = verified.as_ref().and_then(|v| v.as_ref().ok());
         let token = match &verified {
@@ -406,7 +408,8 @@ impl Gateway {
                 method: parts.method.as_str(),
                 path: &path,
                 host: &host,
-                port: peer_port(&host, self.config.https),
+                // The Gateway server's port, never the client's Host header.
+                port: if self.config.https { 443 } else { 80 },
                 headers: &headers,
                 source_ip: Some(peer.ip()),
                 remote_ip: Some(forwarded_for.unwrap_or(peer.ip())),
@@ -415,26 +418,9 @@ impl Gateway {
             };
             compiled.plan.judge(route, &attributes, token)
         };
-        match verdict {
-            Verdict::Allow => {}
-            Verdict::Unauthenticated { .. } => {
-                log.decision = "jwt-invalid";
-                let mut response = text(StatusCode::UNAUTHORIZED, "Jwt verification fails");
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"ferrobank\", error=\"invalid_token\""),
-                );
-                return response;
-            }
-            Verdict::Denied { at, by } => {
-                log.decision = "rbac-denied";
-                tracing::info!(request_id, %at, %by, "RBAC denied");
-                return text(StatusCode::FORBIDDEN, RBAC_DENIED);
-            }
-        }
-        log.decision = "allowed";
-
-        // The local rate limit: per route and client (`azp`, else the client address).
+        // The local rate limit, before authorization as in Envoy's filter chain (the
+        // EnvoyFilter inserts it first), so refused requests spend the budget too; keyed per
+        // route and client: a verified token's `azp`, else the client address.
         let mut limit_headers = Vec::new();
         if let Some(bucket) = &compiled.rate_limit {
             let client = auth
@@ -473,9 +459,43 @@ impl Gateway {
             }
         }
 
-        let body = match axum::body::to_bytes(body, self.config.max_body_bytes).await {
-            Ok(body) => body,
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::Unauthenticated { .. } => {
+                log.decision = "jwt-invalid";
+                let mut response = text(StatusCode::UNAUTHORIZED, "Jwt verification fails");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ferrobank\", error=\"invalid_token\""),
+                );
+                return response;
+            }
+            Verdict::Denied { at, by } => {
+                log.decision = "rbac-denied";
+                tracing::info!(request_id, %at, %by, "RBAC denied");
+                return text(StatusCode::FORBIDDEN, RBAC_DENIED);
+            }
+        }
+        log.decision = "allowed";
+
+        // A slow sender must not hold the request forever: the body arrives within the
+        // default route timeout or the request is answered 408.
+        let read = tokio::time::timeout(
+            Duration::from_millis(self.config.default_timeout_ms),
+            axum::body::to_bytes(body, self.config.max_body_bytes),
+        );
+        let body = match read.await {
+            Ok(Ok(body)) => body,
             Err(_) => {
+                log.decision = "body-timeout";
+                return Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "The request body did not arrive in time",
+                )
+                .into_response();
+            }
+            Ok(Err(_)) => {
                 log.decision = "body-too-large";
                 return Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -762,12 +782,22 @@ fn forwarded_for(_headers: &HeaderMap, _peer: IpAddr) -> Option<IpAddr> {
     None
 }
 
-fn peer_port(host: &str, https: bool) -> u16 {
-    host.rsplit_once(':').and_then(|(_, port)| port.parse().ok()).unwrap_or(if https {
-        443
-    } else {
-        80
-    })
+/// The bearer token of a request, read as the services read it (scheme case-insensitive,
+/// RFC 7235 §2.1); more than one `Authorization` header is an error, never a choice.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let value = value.to_str().map_err(|_| ())?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        // Another scheme (Basic...): not a JWT for RequestAuthentication to read.
+        _ => Ok(None),
+    }
 }
 
 /// The payload of a JWT, undecoded by any check: used only to pick the validator by `iss`
@@ -779,7 +809,7 @@ pub(crate) fn unverified_claims(token: &str) -> Option<serde_json::Value> {
     value.is_object().then_some(value)
 }
 
-/// IETF `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers-08).
+/// IETF `RateLimit-Policy` / `RateLimit` (draft-ietf-httpapi-ratelimit-headers-07 syntax).
 fn rate_limit_headers(
     decision: &RateDecision,
     bucket: &TokenBucket,

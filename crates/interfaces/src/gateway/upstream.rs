@@ -267,6 +267,8 @@ impl Upstream {
             None => (2, None, vec![RetryOn::ConnectFailure, RetryOn::RefusedStream]),
         };
         let mut attempt = 0;
+        // Held through the retried call, so `maxRetries` bounds retries in flight.
+        let mut _retry_permit = None;
         loop {
             let now = Instant::now();
             if !self.breaker.admits(now) {
@@ -295,9 +297,10 @@ impl Upstream {
                 return result;
             }
             // Envoy's retry budget: a bounded number of retries in flight per upstream.
-            let Ok(_retry_permit) = self.retries_in_flight.try_acquire() else {
+            let Ok(permit) = self.retries_in_flight.try_acquire() else {
                 return result;
             };
+            _retry_permit = Some(permit);
             attempt += 1;
             let backoff_ms = RETRY_BASE_MS.saturating_mul(1 << attempt.min(6));
             let jittered = rand_below(backoff_ms).max(1);

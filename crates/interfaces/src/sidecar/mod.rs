@@ -104,11 +104,10 @@ impl Sidecar {
             // Without a RequestAuthentication nothing reads the token (as in Istio).
             return None;
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)?;
+        let token = match crate::gateway::bearer_token(headers) {
+            Ok(token) => token?,
+            Err(()) => return Some(Err(())),
+        };
         let verified = async {
             let claims = crate::gateway::unverified_claims(token).ok_or(())?;
             let issuer = claims.get("iss").and_then(|v| v.as_str()).ok_or(())?;
