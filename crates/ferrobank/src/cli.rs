@@ -80,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Issue a development CA and one mTLS certificate (SPIFFE id) per role.
     Certs(crate::certs::CertsArgs),
     /// Load generators that print throughput and latency.
@@ -95,6 +100,18 @@ enum LedgerCommand {
     Verify {
         #[command(flatten)]
         location: Location,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit trail's hash chain; exits 1 naming the first altered, removed or
+    /// reordered record.
+    Verify {
+        #[command(flatten)]
+        location: Location,
+        #[command(flatten)]
+        mongo: crate::audit::MongoLocation,
     },
 }
 
@@ -209,6 +226,10 @@ impl Cli {
                 let config = Config::load(config_file, &location.overrides(None))?;
                 let store = open_store(&config, false).await?;
                 verify(&store).await
+            }
+            Command::Audit { command: AuditCommand::Verify { location, mongo } } => {
+                let config = Config::load(config_file, &location.overrides(None))?;
+                crate::audit::verify(&config, &mongo).await
             }
             Command::Realm { command: RealmCommand::Import { file, dry_run, location } } => {
                 let config = Config::load(config_file, &location.overrides(None))?;

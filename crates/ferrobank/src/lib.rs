@@ -1,6 +1,7 @@
 //! The ferrobank binary's library half: configuration, wiring and operator tools, so that
 //! tests can start the real server in-process (`server::start`).
 
+pub mod audit;
 pub mod bench;
 pub mod certs;
 pub mod cli;

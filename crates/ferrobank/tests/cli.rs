@@ -479,3 +479,72 @@ async fn certs_issues_a_ca_and_a_certificate_per_role_and_keeps_an_existing_ca()
     assert_eq!(code, 0, "{stderr}");
     assert!(dir.0.join("state/certs/ca.pem").is_file());
 }
+
+fn audit_entry(i: i64) -> ferrobank_domain::audit::NewAuditEntry {
+    use ferrobank_domain::audit::{AuditAction, AuditActor, AuditOutcome, NewAuditEntry};
+    NewAuditEntry::new(
+        Uuid::now_v7(),
+        1_700_000_000_000 + i,
+        AuditActor::subject("alice").unwrap(),
+        AuditAction::parse("payment.created").unwrap(),
+        format!("payment/{i}"),
+        AuditOutcome::Success,
+        serde_json::json!({ "amount_minor": i }),
+    )
+    .unwrap()
+}
+
+on_both_backends!(audit_verify_passes_then_names_a_deleted_record);
+
+/// `ferrobank audit verify` on the SQL database: OK with the count, then exit 1 naming the
+/// record deleted behind the service's back.
+async fn audit_verify_passes_then_names_a_deleted_record(backend: Backend) {
+    use ferrobank_application::AuditLog;
+    let dir = Workdir::new();
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    for i in 0..5 {
+        store.append(audit_entry(i)).await.unwrap();
+    }
+    let verify = ["audit", "verify", "--database-url", &db.url];
+    let (code, stdout, stderr) = run(&mut ferrobank(&verify, &dir.0)).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("audit trail OK: 5 records"), "{stdout}");
+
+    let pool = sqlx::AnyPool::connect(&db.url).await.unwrap();
+    pool.execute("DELETE FROM audit_records WHERE seq = 3").await.unwrap();
+    pool.close().await;
+    let (code, stdout, _) = run(&mut ferrobank(&verify, &dir.0)).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("record seq 3 was removed"), "{stdout}");
+    store.close().await;
+}
+
+/// The same with the audit trail in MongoDB (`FERROBANK_TEST_MONGO_URL`, started by
+/// scripts/test.sh): `--mongo-url` and `--mongo-database` find it.
+#[tokio::test]
+async fn audit_verify_reads_mongodb() {
+    use ferrobank_adapters::audit::{MongoAuditLog, MongoAuditOptions};
+    use ferrobank_application::AuditLog;
+    let url = std::env::var("FERROBANK_TEST_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+    let database = format!("fbt_{}", Uuid::new_v4().simple());
+    let options = MongoAuditOptions { database: database.clone(), ..MongoAuditOptions::default() };
+    let log = MongoAuditLog::connect(&url, options).await.unwrap();
+    for i in 0..3 {
+        log.append(audit_entry(i)).await.unwrap();
+    }
+    let dir = Workdir::new();
+    let verify = ["audit", "verify", "--mongo-url", &url, "--mongo-database", &database];
+    let (code, stdout, stderr) = run(&mut ferrobank(&verify, &dir.0)).await;
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    let records = client.database(&database).collection::<mongodb::bson::Document>("audit_records");
+    records.delete_one(mongodb::bson::doc! { "_id": 2_i64 }).await.unwrap();
+    let (broken_code, broken_stdout, _) = run(&mut ferrobank(&verify, &dir.0)).await;
+    client.database(&database).drop().await.unwrap();
+
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("audit trail OK: 3 records"), "{stdout}");
+    assert_eq!(broken_code, 1, "{broken_stdout}");
+    assert!(broken_stdout.contains("record seq 2 was removed"), "{broken_stdout}");
+}
