@@ -641,3 +641,81 @@ async fn the_edge_reads_the_token_as_the_services_do_and_refuses_two() {
     .await;
     assert!(two.starts_with("HTTP/1.1 401") && two.ends_with(JWT_INVALID), "{two}");
 }
+
+const ROUTING_MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: banking-system}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - name: slow
+    match: [{uri: {exact: /slow}}]
+    timeout: 200ms
+    route: [{destination: {host: echo-service}}]
+  - name: moved
+    match: [{uri: {prefix: /old/}}]
+    rewrite: {uri: /new/}
+    headers: {request: {set: {x-route: moved}}, response: {add: {x-edge: ferrobank}}}
+    route: [{destination: {host: echo-service}}]
+  - name: by-regex
+    match: [{uri: {regex: "/items/[0-9]+"}, method: {exact: GET}}]
+    route: [{destination: {host: echo-service}}]
+  - name: rest
+    match: [{uri: {prefix: /}}]
+    route: [{destination: {host: echo-service}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_rewrite_time_out_and_bound_the_body_as_the_virtual_service_says() {
+    use axum::http::{HeaderMap, Uri};
+    // Echoes the path it received and the route header; `/slow` takes 3 s.
+    let echo = axum::Router::new().fallback(|uri: Uri, headers: HeaderMap| async move {
+        if uri.path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let route = headers.get("x-route").map(|v| v.to_str().unwrap().to_owned());
+        format!("{} {}", uri.path(), route.unwrap_or_default())
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, echo).await });
+    let dir = tempfile_dir::Dir::new();
+    std::fs::write(dir.path().join("mesh.yaml"), ROUTING_MESH).unwrap();
+    let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
+    config.gateway.dir = Some(dir.path().to_owned());
+    config.gateway.upstream = Some(upstream);
+    config.http.max_body_bytes = 1024;
+    let gateway = ferrobank::edge::start_standalone(&config).await.unwrap();
+    let url = format!("http://{}", gateway.addr);
+    let client = common::client();
+
+    let reply = client.get(format!("{url}/old/x?q=1")).send().await.unwrap();
+    assert_eq!(reply.headers().get("x-edge").unwrap(), "ferrobank");
+    assert_eq!(reply.text().await.unwrap(), "/new/x moved", "prefix rewritten, header set");
+
+    let started = std::time::Instant::now();
+    let reply = client.get(format!("{url}/slow")).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 504);
+    assert_eq!(reply.text().await.unwrap(), "upstream request timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the route's 200 ms, not the upstream's 3 s"
+    );
+
+    let reply = client.get(format!("{url}/items/42")).send().await.unwrap();
+    assert_eq!(reply.text().await.unwrap(), "/items/42 ");
+
+    let reply = client.post(format!("{url}/anything")).body(vec![b'x'; 4096]).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 413);
+    assert!(reply.text().await.unwrap().contains("body-too-large"));
+    gateway.stop().await.unwrap();
+}
