@@ -42,9 +42,13 @@ fn seq_param(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit seq {seq} overflows")))
 }
 
-#[async_trait]
-impl AuditLog for SqlStore {
-    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+/// Most attempts of one append when the database reports a conflict (SQLite busy past its
+/// timeout under many writers). Each attempt is a whole transaction, rolled back on failure.
+const MAX_APPEND_ATTEMPTS: u32 = 5;
+
+impl SqlStore {
+    /// One append in one write transaction holding the stream's lock.
+    async fn append_once(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -101,6 +105,19 @@ impl AuditLog for SqlStore {
         .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqlStore {
+    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.append_once(entry.clone()).await {
+                Err(StoreError::Conflict(_)) if attempt < MAX_APPEND_ATTEMPTS => attempt += 1,
+                done => return done,
+            }
+        }
     }
 
     async fn read(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
