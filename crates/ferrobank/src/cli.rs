@@ -41,7 +41,8 @@ enum Command {
     /// Run the given roles (default: every implemented role) against an existing schema.
     Serve {
         /// Roles to run: `accounts` (the ledger API), `identity` (the OpenID Connect
-        /// provider); none: both. More arrive with later services.
+        /// provider), `gateway` (the edge); none: all three. `psp-sim` (the payment
+        /// gateway simulator, `[psp_sim]`) runs alone, without a database.
         roles: Vec<String>,
         #[command(flatten)]
         location: Location,
@@ -180,6 +181,18 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Serve { roles, location, listen, migrate, realm_files } => {
+                if roles.iter().any(|role| role == "psp-sim") {
+                    if roles.len() > 1 {
+                        return Err("the psp-sim role runs alone".into());
+                    }
+                    let config = Config::load(config_file, &location.overrides(listen))?;
+                    init_logging(&config);
+                    let running = crate::psp_sim::start(&config).await?;
+                    println!("ferrobank psp-sim is up on http://{}", running.addr);
+                    crate::server::shutdown_signal().await;
+                    running.stop().await?;
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let roles = crate::server::Roles::parse(&roles)?;
                 let overrides = location.overrides(listen).realms(realm_files);
                 let config = Config::load(config_file, &overrides)?;

@@ -41,8 +41,82 @@ pub struct Config {
     pub gateway: GatewaySettings,
     /// Split mode's mesh: the sidecar of each service role and mTLS between roles.
     pub mesh: MeshSettings,
+    /// `ferrobank serve psp-sim`: the external payment gateway simulator.
+    pub psp_sim: PspSimSettings,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
+}
+
+/// The payment gateway simulator's knobs (percentages are integers, 0 to 100).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PspSimSettings {
+    /// Seed of the simulator's random draws: the same seed, the same outcomes.
+    pub seed: u64,
+    /// Idempotency keys remembered before new charges are answered 503.
+    pub max_charges: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Fixed delay before each charge is decided, in milliseconds.
+    pub latency_ms: u64,
+    /// Extra delay drawn from `0..=latency_jitter_ms`.
+    pub latency_jitter_ms: u64,
+    /// Share of charges answered 5xx without charging, in percent.
+    pub error_rate_pct: u32,
+    /// Share of charges charged but answered only after `hang_ms`, in percent.
+    pub timeout_rate_pct: u32,
+    /// Share of charges definitively declined (402, not charged), in percent.
+    pub decline_rate_pct: u32,
+    /// How long a timed-out charge withholds its answer, in milliseconds.
+    pub hang_ms: u64,
+    /// Share of callbacks delivered twice, in percent.
+    pub duplicate_callback_pct: u32,
+    /// Each callback is delayed by a draw from `0..=late_callback_ms`.
+    pub late_callback_ms: u64,
+}
+
+impl Default for PspSimSettings {
+    fn default() -> Self {
+        let knobs = ferrobank_interfaces::psp_sim::Knobs::default();
+        let limits = ferrobank_interfaces::psp_sim::Limits::default();
+        Self {
+            seed: 42,
+            max_charges: limits.max_charges,
+            max_body_bytes: limits.max_body_bytes,
+            latency_ms: knobs.latency_ms,
+            latency_jitter_ms: knobs.latency_jitter_ms,
+            error_rate_pct: knobs.error_rate_pct,
+            timeout_rate_pct: knobs.timeout_rate_pct,
+            decline_rate_pct: knobs.decline_rate_pct,
+            hang_ms: knobs.hang_ms,
+            duplicate_callback_pct: knobs.duplicate_callback_pct,
+            late_callback_ms: knobs.late_callback_ms,
+        }
+    }
+}
+
+impl PspSimSettings {
+    /// The runtime knobs these settings start with.
+    pub fn knobs(&self) -> ferrobank_interfaces::psp_sim::Knobs {
+        ferrobank_interfaces::psp_sim::Knobs {
+            latency_ms: self.latency_ms,
+            latency_jitter_ms: self.latency_jitter_ms,
+            error_rate_pct: self.error_rate_pct,
+            timeout_rate_pct: self.timeout_rate_pct,
+            decline_rate_pct: self.decline_rate_pct,
+            hang_ms: self.hang_ms,
+            duplicate_callback_pct: self.duplicate_callback_pct,
+            late_callback_ms: self.late_callback_ms,
+        }
+    }
+
+    /// The simulator's fixed bounds.
+    pub fn limits(&self) -> ferrobank_interfaces::psp_sim::Limits {
+        ferrobank_interfaces::psp_sim::Limits {
+            max_charges: self.max_charges,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
 }
 
 /// Connection pool settings.
@@ -276,6 +350,7 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             gateway: GatewaySettings::default(),
             mesh: MeshSettings::default(),
+            psp_sim: PspSimSettings::default(),
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -397,6 +472,8 @@ impl Config {
             ("ledger.max_request_transfers", self.ledger.max_request_transfers as u64),
             ("http.max_body_bytes", self.http.max_body_bytes as u64),
             ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("psp_sim.max_charges", self.psp_sim.max_charges as u64),
+            ("psp_sim.max_body_bytes", self.psp_sim.max_body_bytes as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
@@ -414,6 +491,7 @@ impl Config {
         if let Some(oidc) = self.auth.oidc() {
             oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
+        self.psp_sim.knobs().validate().map_err(|e| format!("psp_sim.{e}"))?;
         Ok(())
     }
 

@@ -11,4 +11,5 @@ pub mod edge;
 pub mod identity;
 pub mod mesh;
 pub mod policy;
+pub mod psp_sim;
 pub mod server;

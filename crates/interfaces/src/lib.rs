@@ -2,6 +2,7 @@
 
 pub mod gateway;
 pub mod http;
+pub mod psp_sim;
 pub mod sidecar;
 
 pub use http::{AppState, HttpLimits, metrics_handle, router};
