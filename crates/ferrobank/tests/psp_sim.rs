@@ -177,7 +177,10 @@ async fn a_timed_out_charge_is_recorded_and_a_retry_returns_it() {
     assert!(sent.unwrap_err().is_timeout());
     let client = Client::new();
     // Charged although the caller heard nothing.
-    assert_eq!(stats(&client, &base).await["by_key"]["t-1"], 1);
+    poll_until("the timed-out charge", Duration::from_secs(5), || async {
+        (stats(&client, &base).await["by_key"]["t-1"] == 1).then_some(())
+    })
+    .await;
     let retry = charge(&client, &base, "t-1", &body("hang")).await;
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
@@ -319,4 +322,90 @@ async fn the_same_seed_draws_the_same_outcomes() {
     assert_eq!(runs[0], runs[1]);
     assert!(runs[0].contains(&StatusCode::CREATED));
     assert!(runs[0].iter().any(|s| s.is_server_error()));
+}
+
+/// Failure test 3's mix: 30% errors and 10% timeouts; a client that retries with the same key
+/// finishes every payment and nobody is charged twice.
+#[tokio::test]
+async fn retrying_through_errors_and_timeouts_charges_everyone_once() {
+    let settings = PspSimSettings {
+        error_rate_pct: 30,
+        timeout_rate_pct: 10,
+        hang_ms: 1_000,
+        seed: 3,
+        ..PspSimSettings::default()
+    };
+    let (sim, base) = spawn_sim(settings).await;
+    let client = Client::builder().timeout(Duration::from_millis(250)).build().unwrap();
+    let payments = (0..40).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            for attempt in 1..=30 {
+                let sent = client
+                    .post(format!("{base}/v1/charges"))
+                    .header("Idempotency-Key", format!("mix-{i}"))
+                    .json(&body("mix"))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status().is_success() => return attempt,
+                    Ok(response) => assert!(response.status().is_server_error()),
+                    Err(error) => assert!(error.is_timeout(), "{error}"),
+                }
+            }
+            panic!("payment mix-{i} never finished");
+        })
+    });
+    let mut retried = 0;
+    for payment in payments.collect::<Vec<_>>() {
+        retried += usize::from(payment.await.unwrap() > 1);
+    }
+    assert!(retried > 0, "the mix should have made somebody retry");
+    let client = Client::new();
+    let stats = stats(&client, &base).await;
+    assert_eq!(stats["charged"], 40);
+    assert_eq!(stats["max_charges_per_key"], 1);
+    sim.stop().await.unwrap();
+}
+
+/// The real binary: `ferrobank serve psp-sim` starts without a database and charges.
+#[tokio::test]
+async fn the_binary_serves_the_simulator_alone() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = std::env::temp_dir().join(format!("ferrobank-psp-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferrobank"))
+        .args(["serve", "psp-sim", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let base = line.rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    let client = Client::new();
+    assert_eq!(charge(&client, &base, "bin-1", &body("x")).await.status(), StatusCode::CREATED);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("ferrobank_psp_sim_charges_total{outcome=\"succeeded\"} 1"));
+    child.kill().await.unwrap();
+
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferrobank"))
+        .args(["serve", "psp-sim", "--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env("FERROBANK_PSP_SIM__ERROR_RATE_PCT", "150")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("psp_sim.error_rate_pct"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
