@@ -413,7 +413,8 @@ async fn flaky_upstream(
     format!("http://{addr}")
 }
 
-const BREAKER_MESH: &str = r#"
+/// A Gateway and the head of a VirtualService bound to it; tests append `http` routes.
+const MESH_HEAD: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
@@ -428,6 +429,9 @@ spec:
   hosts: ["*"]
   gateways: [istio-system/gw]
   http:
+"#;
+
+const BREAKER_ROUTES: &str = r#"
   - name: flaky
     match: [{uri: {prefix: /flaky}}]
     route: [{destination: {host: flaky-service, port: {number: 8080}}}]
@@ -451,7 +455,11 @@ async fn a_failing_upstream_opens_the_circuit_and_it_recovers() {
     let fail_next = Arc::new(AtomicU32::new(0));
     let flaky = flaky_upstream(failing.clone(), fail_next.clone(), calls.clone()).await;
     let dir = tempfile_dir::Dir::new();
-    std::fs::write(dir.path().join("mesh.yaml"), BREAKER_MESH).unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        format!("{MESH_HEAD}{}", BREAKER_ROUTES.trim_start_matches('\n')),
+    )
+    .unwrap();
     let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.gateway.dir = Some(dir.path().to_owned());
     config.gateway.upstream = Some(flaky.clone());
@@ -642,21 +650,7 @@ async fn the_edge_reads_the_token_as_the_services_do_and_refuses_two() {
     assert!(two.starts_with("HTTP/1.1 401") && two.ends_with(JWT_INVALID), "{two}");
 }
 
-const ROUTING_MESH: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: ingressgateway}
-  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: banking-system}
-spec:
-  hosts: ["*"]
-  gateways: [istio-system/gw]
-  http:
+const ROUTING_ROUTES: &str = r#"
   - name: slow
     match: [{uri: {exact: /slow}}]
     timeout: 200ms
@@ -689,7 +683,11 @@ async fn routes_rewrite_time_out_and_bound_the_body_as_the_virtual_service_says(
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, echo).await });
     let dir = tempfile_dir::Dir::new();
-    std::fs::write(dir.path().join("mesh.yaml"), ROUTING_MESH).unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        format!("{MESH_HEAD}{}", ROUTING_ROUTES.trim_start_matches('\n')),
+    )
+    .unwrap();
     let mut config = Config { listen: ([127, 0, 0, 1], 0).into(), ..Config::default() };
     config.gateway.dir = Some(dir.path().to_owned());
     config.gateway.upstream = Some(upstream);

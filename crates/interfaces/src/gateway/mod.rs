@@ -270,13 +270,7 @@ impl Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         let compiled = self.snapshot();
-        let request_id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let request_id = request_id(request.headers());
         let method = request.method().clone();
         let raw_path = request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
         let mut log = Access { route: "-".into(), destination: None, flags: "-", decision: "-" };
@@ -780,6 +774,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// configured, Istio's `numTrustedProxies: 0`): the peer address is the client.
 fn forwarded_for(_headers: &HeaderMap, _peer: IpAddr) -> Option<IpAddr> {
     None
+}
+
+/// The caller's `x-request-id` when it is sensible (non-empty, at most 128 bytes), else a
+/// new one: the id every log line and answer of the request carries.
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
 
 /// The bearer token of a request, read as the services read it (scheme case-insensitive,

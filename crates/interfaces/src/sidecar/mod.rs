@@ -128,13 +128,7 @@ pub async fn enforce(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let request_id = crate::gateway::request_id(request.headers());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(REQUEST_ID, value);
     }
