@@ -71,7 +71,7 @@ impl Roles {
                 other => {
                     return Err(format!(
                         "unknown or not yet implemented role `{other}`; available: accounts, \
-                         identity, gateway"
+                         identity, gateway, and psp-sim (alone)"
                     ));
                 }
             }
