@@ -99,10 +99,8 @@ pub async fn build(
         limiter,
     )
     .map_err(|e| format!("gateway: {e}"))?;
-    if let Some(reloader) = gateway.spawn_reloader() {
-        // Ends by itself when the gateway is dropped.
-        drop(reloader);
-    }
+    // The reloader ends by itself when the gateway is dropped.
+    let _detached = gateway.spawn_reloader();
     Ok(gateway)
 }
 

@@ -13,7 +13,7 @@
 mod upstream;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -278,7 +278,7 @@ impl Gateway {
             .decide_and_forward(&compiled, request, peer, peer_principal, &request_id, &mut log)
             .await;
         let mut response = response;
-        self.finish(&mut response, &request_id, &compiled);
+        self.finish(&mut response, &request_id);
         let status = response.status().as_u16();
         let (name, namespace) = log
             .destination
@@ -395,7 +395,9 @@ impl Gateway {
             Some(Ok(auth)) => Token::Valid(auth),
             Some(Err(())) => Token::Invalid,
         };
-        let forwarded_for = forwarded_for(&parts.headers, peer.ip());
+        // The client is the peer: `X-Forwarded-For` is not trusted (no trusted proxies
+        // are configured, Istio's `numTrustedProxies: 0`).
+        let client_ip = peer.ip();
         let verdict = {
             let headers = HeaderLookup(&parts.headers);
             let attributes = ferrobank_domain::policy::Request {
@@ -406,7 +408,7 @@ impl Gateway {
                 port: if self.config.https { 443 } else { 80 },
                 headers: &headers,
                 source_ip: Some(peer.ip()),
-                remote_ip: Some(forwarded_for.unwrap_or(peer.ip())),
+                remote_ip: Some(client_ip),
                 source_principal: peer_principal.as_deref(),
                 auth: None,
             };
@@ -421,7 +423,7 @@ impl Gateway {
                 .and_then(|a| {
                     a.claims.get("azp").and_then(|v| v.as_str()).map(|azp| format!("azp:{azp}"))
                 })
-                .unwrap_or_else(|| format!("ip:{}", forwarded_for.unwrap_or(peer.ip())));
+                .unwrap_or_else(|| format!("ip:{client_ip}"));
             let key = format!("{route_name}|{client}");
             match self.limiter.check(&key, bucket).await {
                 Ok(decision) => {
@@ -622,7 +624,7 @@ impl Gateway {
     }
 
     /// Headers every answer carries: request id, security headers, CORS.
-    fn finish(&self, response: &mut Response<Body>, request_id: &str, _compiled: &Compiled) {
+    fn finish(&self, response: &mut Response<Body>, request_id: &str) {
         let h = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(request_id) {
             h.insert(REQUEST_ID, value);
@@ -694,7 +696,8 @@ impl Compiled {
     }
 }
 
-struct HeaderLookup<'a>(&'a HeaderMap);
+/// Request headers as the policy engine reads them.
+pub(crate) struct HeaderLookup<'a>(pub(crate) &'a HeaderMap);
 
 impl Headers for HeaderLookup<'_> {
     fn header(&self, name: &str) -> Option<&str> {
@@ -770,12 +773,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The client address from `X-Forwarded-For` is NOT trusted (no trusted proxies are
-/// configured, Istio's `numTrustedProxies: 0`): the peer address is the client.
-fn forwarded_for(_headers: &HeaderMap, _peer: IpAddr) -> Option<IpAddr> {
-    None
-}
-
 /// The caller's `x-request-id` when it is sensible (non-empty, at most 128 bytes), else a
 /// new one: the id every log line and answer of the request carries.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
@@ -834,7 +831,8 @@ fn rate_limit_headers(
         .collect()
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+/// Envoy's plain-text answers (`RBAC: access denied`, `no healthy upstream`, ...).
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

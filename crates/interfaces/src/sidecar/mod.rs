@@ -15,7 +15,6 @@ pub mod listener;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
@@ -23,8 +22,9 @@ use axum::response::{IntoResponse, Response};
 use ferrobank_adapters::istio::Mesh;
 use ferrobank_adapters::istio::resources::JwtRule;
 use ferrobank_adapters::oidc::TokenValidator;
-use ferrobank_domain::policy::{Decision, Headers, RequestAuth, Workload, WorkloadPolicies};
+use ferrobank_domain::policy::{Decision, RequestAuth, Workload, WorkloadPolicies};
 
+use crate::gateway::{HeaderLookup, text};
 use crate::gateway::{PeerPrincipal, RBAC_DENIED};
 use crate::http::REQUEST_ID;
 use crate::http::problem::Problem;
@@ -238,19 +238,4 @@ fn count(workload: &str, decision: &'static str) {
         "decision" => decision
     )
     .increment(1);
-}
-
-struct HeaderLookup<'a>(&'a HeaderMap);
-
-impl Headers for HeaderLookup<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    response
 }
