@@ -9,7 +9,8 @@
 //! `mtls` issues the development PKI of SPIFFE identities and builds the rustls
 //! configurations with which roles authenticate each other. `bus` carries events in
 //! process or through RabbitMQ. `audit` keeps the hash-chained audit
-//! trail in MongoDB (the SQL table is `SqlStore`'s).
+//! trail in MongoDB (the SQL table is `SqlStore`'s). `velocity` keeps the risk check's
+//! velocity counters in memory or in Redis.
 
 pub mod audit;
 pub mod bus;
@@ -20,6 +21,7 @@ pub mod oidc;
 pub mod rate_limit;
 pub mod realm;
 pub mod sql;
+pub mod velocity;
 
 pub use sql::{Backend, SqlStore, StoreOptions};
 
