@@ -9,8 +9,9 @@
 //! `mtls` issues the development PKI of SPIFFE identities and builds the rustls
 //! configurations with which roles authenticate each other. `bus` carries events in
 //! process or through RabbitMQ. `audit` keeps the hash-chained audit
-//! trail in MongoDB (the SQL table is `SqlStore`'s). `velocity` keeps the risk check's
-//! velocity counters in memory or in Redis.
+//! trail in MongoDB (the SQL table is `SqlStore`'s). `psp` charges through the external
+//! payment gateway over HTTP (timeouts, retries with jitter, a circuit breaker).
+//! `velocity` keeps the risk check's velocity counters in memory or in Redis.
 
 pub mod audit;
 pub mod bus;
@@ -18,6 +19,7 @@ pub mod idp;
 pub mod istio;
 pub mod mtls;
 pub mod oidc;
+pub mod psp;
 pub mod rate_limit;
 pub mod realm;
 pub mod sql;
