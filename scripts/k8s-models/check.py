@@ -45,6 +45,8 @@ WORKLOADS = {
     "payment-service",
     "loan-service",
     "customer-service",
+    "notification-service",
+    "audit-service",
     "banking-web-service",
 }
 DATA_STORES = {"postgres", "redis", "rabbitmq", "kafka", "mongodb"}
@@ -79,10 +81,14 @@ PROTECTED_PATHS = {
     "/api/accounts/1": "accounts-service",
     "/api/transfers/1": "accounts-service",
     "/api/payments/1": "payment-service",
+    "/api/risk/reviews/1": "payment-service",
     "/api/loans/1": "loan-service",
     "/api/loans/my/1": "loan-service",
     "/api/customers/1": "customer-service",
     "/api/customers/me": "customer-service",
+    "/api/notifications/1": "notification-service",
+    "/api/webhooks/1": "notification-service",
+    "/api/audit": "audit-service",
     "/admin/realms/banking/users": "keycloak",
     "/metrics": None,
 }

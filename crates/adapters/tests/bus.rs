@@ -1,15 +1,19 @@
-//! The event-bus conformance suite: every case runs against the in-process bus and against
-//! RabbitMQ (`FERROBANK_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`; a
-//! RabbitMQ that is not running fails the tests, `scripts/test.sh` starts one). Each test
-//! uses its own name prefix on the broker, so tests run in parallel, and deletes its
-//! exchange and queues when it ends (also when it fails).
+//! The event-bus conformance suite: every case runs against the in-process bus, against
+//! RabbitMQ (`FERROBANK_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`) and
+//! against a Kafka-protocol broker (`FERROBANK_TEST_KAFKA_URL`, default
+//! `kafka://127.0.0.1:9092`). A broker that is not running fails the tests;
+//! `scripts/test.sh` starts both (RabbitMQ, and tansu for Kafka). Each test uses its own
+//! name prefix on the broker, so tests run in parallel, and deletes its exchange and queues
+//! or topics when it ends (also when it fails).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrobank_adapters::bus::{MemoryBus, MemoryBusOptions, RabbitBus, RabbitBusOptions};
+use ferrobank_adapters::bus::{
+    KafkaBus, KafkaBusOptions, MemoryBus, MemoryBusOptions, RabbitBus, RabbitBusOptions,
+};
 use ferrobank_application::bus::{
     BusError, DeadLetter, DeadLetterReason, Delivery, Event, EventBus, MAX_EVENT_BYTES,
     RetryPolicy, Subscription,
@@ -30,11 +34,12 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 enum Backend {
     Memory,
     Rabbit,
+    Kafka,
 }
 
-/// Generates one test per backend for each named `async fn(Backend)`: `name::memory` and
-/// `name::rabbitmq`.
-macro_rules! on_both_buses {
+/// Generates one test per backend for each named `async fn(Backend)`: `name::memory`,
+/// `name::rabbitmq` and `name::kafka`.
+macro_rules! on_every_bus {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -47,12 +52,17 @@ macro_rules! on_both_buses {
                 async fn rabbitmq() {
                     super::$name(super::Backend::Rabbit).await;
                 }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn kafka() {
+                    super::$name(super::Backend::Kafka).await;
+                }
             }
         )*
     };
 }
 
-on_both_buses!(
+on_every_bus!(
     round_trip_keeps_every_cloudevents_attribute,
     events_of_one_subject_arrive_in_publish_order,
     a_retried_event_comes_back_with_the_next_attempt,
@@ -69,11 +79,38 @@ fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// One test's bus: in memory, or on RabbitMQ under a prefix of its own whose exchange and
-/// queues are deleted on drop.
+fn kafka_url() -> String {
+    std::env::var("FERROBANK_TEST_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:9092".into())
+}
+
+/// A Kafka bus under a prefix of its own, with short fetch waits.
+async fn kafka_bus(options: KafkaBusOptions) -> KafkaBus {
+    let url = kafka_url();
+    KafkaBus::connect(&url, options).await.unwrap_or_else(|e| {
+        panic!(
+            "Kafka is not reachable at {url} ({e}). Start a broker (./scripts/test.sh starts \
+             tansu) or point FERROBANK_TEST_KAFKA_URL at one."
+        )
+    })
+}
+
+fn kafka_options(prefetch: u16) -> KafkaBusOptions {
+    KafkaBusOptions {
+        topic_prefix: format!("test-{}", Uuid::new_v4().simple()),
+        retry: RETRY,
+        prefetch,
+        partitions: 4,
+        fetch_wait_ms: 100,
+        ..Default::default()
+    }
+}
+
+/// One test's bus: in memory, or on RabbitMQ or Kafka under a prefix of its own whose
+/// exchange and queues, or topics, are deleted on drop.
 struct Harness {
     bus: Arc<dyn EventBus>,
     rabbit: Option<(RabbitBus, RabbitBusOptions)>,
+    kafka: Option<(KafkaBus, KafkaBusOptions)>,
 }
 
 impl Harness {
@@ -85,7 +122,7 @@ impl Harness {
         match backend {
             Backend::Memory => {
                 let options = MemoryBusOptions { retry: RETRY, prefetch, ..Default::default() };
-                Self { bus: Arc::new(MemoryBus::new(options).unwrap()), rabbit: None }
+                Self { bus: Arc::new(MemoryBus::new(options).unwrap()), rabbit: None, kafka: None }
             }
             Backend::Rabbit => {
                 let options = RabbitBusOptions {
@@ -101,7 +138,12 @@ impl Harness {
                          does: rabbitmq-server -detached) or point FERROBANK_TEST_AMQP_URL at one."
                     )
                 });
-                Self { bus: Arc::new(bus.clone()), rabbit: Some((bus, options)) }
+                Self { bus: Arc::new(bus.clone()), rabbit: Some((bus, options)), kafka: None }
+            }
+            Backend::Kafka => {
+                let options = kafka_options(prefetch);
+                let bus = kafka_bus(options.clone()).await;
+                Self { bus: Arc::new(bus.clone()), rabbit: None, kafka: Some((bus, options)) }
             }
         }
     }
@@ -130,6 +172,23 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        if let Some((bus, options)) = self.kafka.take() {
+            let consumers = bus.declared_consumers();
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let cleaner = KafkaBus::connect(&kafka_url(), options).await?;
+                    for consumer in consumers {
+                        cleaner.delete_consumer(&consumer).await?;
+                    }
+                    cleaner.teardown().await
+                })?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            });
+            if let Ok(Err(e)) = cleanup.join() {
+                eprintln!("could not delete the test's Kafka topics: {e}");
+            }
+        }
         let Some((bus, options)) = self.rabbit.take() else { return };
         let consumers = bus.declared_consumers();
         // Drop cannot await, and the test's runtime may be shutting down: clean up from a
@@ -423,6 +482,11 @@ mod metrics_count_every_step {
     async fn rabbitmq() {
         super::metrics_count_every_step(super::Backend::Rabbit).await;
     }
+
+    #[tokio::test]
+    async fn kafka() {
+        super::metrics_count_every_step(super::Backend::Kafka).await;
+    }
 }
 
 /// Counters and gauges by `name{label=value,...}`, recorded on the current thread.
@@ -529,6 +593,7 @@ async fn metrics_count_every_step(backend: Backend) {
     let bus = match backend {
         Backend::Memory => "memory",
         Backend::Rabbit => "rabbitmq",
+        Backend::Kafka => "kafka",
     };
     let h = Harness::new(backend).await;
     let mut worker = h.subscribe("worker", &["transaction.created"]).await;
@@ -678,4 +743,67 @@ async fn rabbitmq_connection_loss_loses_nothing() {
     nothing_more(&mut worker).await;
     drop(worker);
     bus.teardown().await.unwrap();
+}
+
+/// Kafka commits a partition's offset only past deliveries that are all settled: a later
+/// event acked while an earlier one of the same subject is held does not move the offset,
+/// so both come back to the next subscription when the first one ends unsettled; once
+/// both are acked, nothing comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_commits_offsets_in_order() {
+    let h = Harness::new(Backend::Kafka).await;
+    let mut worker = h.subscribe("worker", &["transaction.created"]).await;
+    let (first, second) =
+        (event("transaction.created", "acct-1", 1), event("transaction.created", "acct-1", 2));
+    h.publish(&first).await;
+    h.publish(&second).await;
+    let held = next(&mut worker).await;
+    assert_eq!(held.event(), &first);
+    let done = next(&mut worker).await;
+    assert_eq!(done.event(), &second);
+    done.ack().await.unwrap();
+    drop(worker);
+    assert!(matches!(held.ack().await, Err(BusError::NotInFlight)));
+
+    let mut restarted = h.subscribe("worker", &["transaction.created"]).await;
+    for expected in [&first, &second] {
+        let again = next(&mut restarted).await;
+        assert_eq!(again.event(), expected);
+        assert!(again.redelivered());
+        again.ack().await.unwrap();
+    }
+    nothing_more(&mut restarted).await;
+    drop(restarted);
+
+    // Another bus (another process) picks up the group's offsets from the broker.
+    let (_, options) = h.kafka.clone().unwrap();
+    let other = kafka_bus(options).await;
+    let mut elsewhere = other.subscribe("worker", &["transaction.created"]).await.unwrap();
+    nothing_more(&mut elsewhere).await;
+    let third = event("transaction.created", "acct-1", 3);
+    h.publish(&third).await;
+    let delivery = next(&mut elsewhere).await;
+    assert_eq!((delivery.event(), delivery.redelivered()), (&third, false));
+    delivery.ack().await.unwrap();
+
+    // A new consumer's group starts at the end: earlier events are not kept for it.
+    let mut late = h.subscribe("late", &["transaction.created"]).await;
+    nothing_more(&mut late).await;
+}
+
+/// The broker URL names one or more brokers; anything else is refused before connecting.
+#[tokio::test]
+async fn kafka_refuses_bad_urls_and_options() {
+    for url in ["amqp://127.0.0.1:9092", "kafka://", "kafka://host-without-port"] {
+        let refused = KafkaBus::connect(url, KafkaBusOptions::default()).await;
+        assert!(matches!(refused, Err(BusError::InvalidOptions(_))), "{url}: {refused:?}");
+    }
+    for options in [
+        KafkaBusOptions { topic_prefix: "Bad.Prefix".into(), ..Default::default() },
+        KafkaBusOptions { prefetch: 0, ..Default::default() },
+        KafkaBusOptions { partitions: 0, ..Default::default() },
+    ] {
+        let refused = KafkaBus::connect(&kafka_url(), options).await;
+        assert!(matches!(refused, Err(BusError::InvalidOptions(_))), "{refused:?}");
+    }
 }

@@ -2,7 +2,9 @@
 //! PostgreSQL; the conformance suite in `ferrobank-adapters` runs against both.
 
 use async_trait::async_trait;
-use ferrobank_domain::{Account, AccountId, Balances, Book, LedgerTotals, Transfer, TransferId};
+use ferrobank_domain::{
+    Account, AccountId, Balances, Book, LedgerTotals, Payment, PaymentId, Transfer, TransferId,
+};
 
 use crate::outbox::OutboxMessage;
 
@@ -121,6 +123,26 @@ pub trait LedgerTx: Send {
     async fn save_book(&mut self, book: &Book) -> Result<(), StoreError>;
     /// Appends events to the outbox.
     async fn append_outbox(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError>;
+    /// Reads and locks payments (row locks on PostgreSQL) in id order.
+    async fn lock_payments(&mut self, ids: &[PaymentId]) -> Result<Vec<Payment>, StoreError>;
+    /// Inserts new payments.
+    async fn insert_payments(&mut self, payments: &[&Payment]) -> Result<(), StoreError>;
+    /// Writes the changed fields (status, hold, failure code, reviewer, updated time) of
+    /// payments read with [`LedgerTx::lock_payments`].
+    async fn update_payments(&mut self, payments: &[&Payment]) -> Result<(), StoreError>;
+    /// Which of `event_ids` `consumer` has already processed.
+    async fn inbox_seen(
+        &mut self,
+        consumer: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+    /// Records that `consumer` processed `event_ids` (in the transaction of their effect).
+    async fn record_inbox(
+        &mut self,
+        consumer: &str,
+        event_ids: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
     /// Commits.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }

@@ -65,6 +65,8 @@ pub enum AuditActor {
     Subject(String),
     /// A service acting on its own (the payment worker, the relay).
     Service(String),
+    /// A caller nobody vouched for (no token, or a refused one): denied requests.
+    Anonymous,
 }
 
 impl AuditActor {
@@ -83,22 +85,25 @@ impl AuditActor {
         match kind {
             "subject" => Ok(Self::Subject(id.to_owned())),
             "service" => Ok(Self::Service(id.to_owned())),
+            "anonymous" => Ok(Self::Anonymous),
             other => Err(AuditError::Corrupt { field: "actor_kind", value: other.to_owned() }),
         }
     }
 
-    /// `subject` or `service`, as stored.
+    /// `subject`, `service` or `anonymous`, as stored.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Subject(_) => "subject",
             Self::Service(_) => "service",
+            Self::Anonymous => "anonymous",
         }
     }
 
-    /// The subject or service id.
+    /// The subject or service id; `anonymous` for [`AuditActor::Anonymous`].
     pub fn id(&self) -> &str {
         match self {
             Self::Subject(id) | Self::Service(id) => id,
+            Self::Anonymous => "anonymous",
         }
     }
 }

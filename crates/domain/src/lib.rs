@@ -21,7 +21,7 @@ pub use ledger::{
 };
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use payments::{
-    Beneficiary, BeneficiaryName, Iban, IbanError, NewPayment, PaymentError, PaymentEvent,
+    Beneficiary, BeneficiaryName, Iban, IbanError, NewPayment, Payment, PaymentError, PaymentEvent,
     PaymentId, PaymentStatus, PaymentTrigger, Reference, Transition,
 };
 pub use risk::{

@@ -37,6 +37,10 @@ enum Command {
         /// Keycloak realm file to import at start (repeatable); default: the banking realm.
         #[arg(long = "realm-file")]
         realm_files: Vec<PathBuf>,
+        /// The event bus: `memory` (default), `rabbitmq` or `kafka` (`[bus] url` or the
+        /// local broker).
+        #[arg(long, value_enum)]
+        bus: Option<crate::config::BusKind>,
     },
     /// Run the given roles (default: every implemented role) against an existing schema.
     Serve {
@@ -163,6 +167,7 @@ impl Location {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
             identity: None,
+            bus: None,
         }
     }
 }
@@ -172,9 +177,9 @@ impl Cli {
     pub async fn run(self) -> Result<ExitCode, String> {
         let config_file = self.config.as_deref();
         match self.command {
-            Command::Up { location, listen, no_demo, realm_files } => {
-                let config =
-                    Config::load(config_file, &location.overrides(listen).realms(realm_files))?;
+            Command::Up { location, listen, no_demo, realm_files, bus } => {
+                let overrides = location.overrides(listen).realms(realm_files).bus(bus);
+                let config = Config::load(config_file, &overrides)?;
                 init_logging(&config);
                 let store = open_store(&config, true).await?;
                 crate::server::serve(config, store, !no_demo, crate::server::Roles::ALL).await?;
@@ -198,7 +203,12 @@ impl Cli {
                 let config = Config::load(config_file, &overrides)?;
                 init_logging(&config);
                 if roles
-                    == (crate::server::Roles { accounts: false, identity: false, gateway: true })
+                    == (crate::server::Roles {
+                        accounts: false,
+                        identity: false,
+                        gateway: true,
+                        payment_worker: false,
+                    })
                 {
                     let running = crate::edge::start_standalone(&config).await?;
                     println!("ferrobank gateway is up on http://{}", running.addr);

@@ -43,6 +43,12 @@ pub struct Config {
     pub mesh: MeshSettings,
     /// `ferrobank serve psp-sim`: the external payment gateway simulator.
     pub psp_sim: PspSimSettings,
+    /// The event bus the outbox relay publishes to and consumers read from.
+    pub bus: BusSettings,
+    /// Payments: the payment gateway, the worker, the relay, velocity counters.
+    pub payments: PaymentsSettings,
+    /// The risk rules every payment is checked against (see `crates/domain/src/risk.rs`).
+    pub risk: ferrobank_domain::RiskRulesConfig,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
 }
@@ -252,6 +258,124 @@ impl Default for GatewaySettings {
     }
 }
 
+/// Which event bus.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In this process (the embedded default): fed by the same outbox; events not yet
+    /// consumed are lost with the process, and the payment worker's sweep re-drives them.
+    Memory,
+    /// RabbitMQ (`[bus] url = "amqp://..."`): durable quorum queues, confirms, DLQs.
+    Rabbitmq,
+    /// A Kafka-protocol broker (`[bus] url = "kafka://host:9092"`).
+    Kafka,
+}
+
+/// `[bus]`: where events go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// `memory`, `rabbitmq` or `kafka`.
+    pub kind: BusKind,
+    /// The broker's URL (`amqp://guest:guest@127.0.0.1:5672/%2f`, `kafka://127.0.0.1:9092`);
+    /// defaults to the local broker of that kind.
+    pub url: Option<String>,
+    /// Exchange/queue (RabbitMQ) or topic (Kafka) name prefix: one per environment.
+    pub prefix: String,
+    /// Unsettled deliveries a consumer holds at once.
+    pub prefetch: u16,
+    /// Deliveries of one event before it goes to the consumer's dead-letter queue.
+    pub max_attempts: u32,
+    /// Backoff before the first redelivery, in milliseconds (doubling per attempt).
+    pub initial_backoff_ms: u64,
+    /// Longest backoff between redeliveries, in milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self {
+            kind: BusKind::Memory,
+            url: None,
+            prefix: "ferrobank".into(),
+            prefetch: 256,
+            max_attempts: 5,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl BusSettings {
+    /// The broker URL: the configured one or the local default of the kind.
+    pub fn effective_url(&self) -> Option<String> {
+        match (self.kind, &self.url) {
+            (BusKind::Memory, _) => None,
+            (_, Some(url)) => Some(url.clone()),
+            (BusKind::Rabbitmq, None) => Some("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            (BusKind::Kafka, None) => Some("kafka://127.0.0.1:9092".into()),
+        }
+    }
+}
+
+/// `[payments]`: the money path's moving parts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsSettings {
+    /// Serve `/api/payments` and run the relay and worker (with the API roles).
+    pub enabled: bool,
+    /// The external payment gateway; unset: a built-in simulator on a loopback port
+    /// (knobs of `[psp_sim]`).
+    pub psp_url: Option<String>,
+    /// One gateway call's timeout, in milliseconds.
+    pub psp_timeout_ms: u64,
+    /// Calls per charge before the worker leaves it to a later redelivery.
+    pub psp_max_attempts: u32,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open, in milliseconds.
+    pub breaker_open_ms: u64,
+    /// Payments the worker processes at once.
+    pub worker_concurrency: usize,
+    /// A pending/processing payment untouched this long is re-driven by the sweep (ms).
+    pub stale_after_ms: i64,
+    /// How often the sweep looks, in milliseconds.
+    pub sweep_interval_ms: u64,
+    /// Velocity counters in Redis (shared by replicas); unset: in memory.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys.
+    pub redis_key_prefix: String,
+    /// Changes waiting for the payments writer before callers get 503.
+    pub queue_capacity: usize,
+    /// Most changes per transaction.
+    pub max_batch: usize,
+    /// Most outbox rows the relay publishes per round.
+    pub relay_batch: u32,
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        let limits = ferrobank_application::payments::PaymentLimits::default();
+        let worker = ferrobank_application::worker::WorkerOptions::default();
+        Self {
+            enabled: true,
+            psp_url: None,
+            psp_timeout_ms: 2_000,
+            psp_max_attempts: 3,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 5_000,
+            worker_concurrency: worker.concurrency,
+            stale_after_ms: worker.stale_after_ms,
+            sweep_interval_ms: worker.sweep_interval_ms,
+            redis_url: None,
+            redis_key_prefix: "ferrobank:".into(),
+            queue_capacity: limits.queue_capacity,
+            max_batch: limits.max_batch,
+            relay_batch: 500,
+        }
+    }
+}
+
 /// Split mode's sidecar: each service role (`serve accounts`, `serve identity`, without the
 /// edge in the same process) enforces the Istio YAML that selects its own workload again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -351,6 +475,9 @@ impl Default for Config {
             gateway: GatewaySettings::default(),
             mesh: MeshSettings::default(),
             psp_sim: PspSimSettings::default(),
+            bus: BusSettings::default(),
+            payments: PaymentsSettings::default(),
+            risk: ferrobank_domain::RiskRulesConfig::default(),
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -416,9 +543,25 @@ pub struct Overrides {
     /// `--realm-file` (repeatable)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityOverrides>,
+    /// `--bus`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<BusOverrides>,
+}
+
+/// Command-line values of `[bus]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusOverrides {
+    /// `--bus`
+    pub kind: BusKind,
 }
 
 impl Overrides {
+    /// With `--bus` (none: the configured bus stays).
+    pub fn bus(mut self, kind: Option<BusKind>) -> Self {
+        self.bus = kind.map(|kind| BusOverrides { kind });
+        self
+    }
+
     /// With `--realm-file` values (none: the configured ones stay).
     pub fn realms(mut self, realm_files: Vec<PathBuf>) -> Self {
         if !realm_files.is_empty() {

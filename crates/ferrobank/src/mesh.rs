@@ -25,9 +25,13 @@ type ValidatorKey = (String, Vec<String>);
 /// The namespace of the bank's services in `deploy/istio`.
 pub const SERVICES_NAMESPACE: &str = "banking-system";
 
-/// The workloads `roles` serve, labelled as in `deploy/istio`: the ledger API is
-/// `app: accounts-service`, the identity provider `app: keycloak` (its paths, as the
-/// VirtualService routes them; the rest of a process running both is the ledger's).
+/// The workloads `roles` serve, labelled as in `deploy/istio`. The accounts role serves the
+/// whole API: the ledger (`app: accounts-service`, every path no other workload claims) and,
+/// by the prefixes the VirtualService routes to them, `payment-service` (payments, risk
+/// reviews), `notification-service` (notifications, webhooks) and `audit-service`; the
+/// identity provider is `app: keycloak` (its routed paths when it shares the process, else
+/// every path). A path is judged as the first workload whose prefix it starts with, so
+/// prefixes must not overlap.
 pub fn workloads(roles: Roles) -> Vec<WorkloadSpec> {
     let spec = |app: &str, prefixes: &[&str]| WorkloadSpec {
         name: app.to_owned(),
@@ -40,6 +44,9 @@ pub fn workloads(roles: Roles) -> Vec<WorkloadSpec> {
     let mut workloads = Vec::new();
     if roles.accounts {
         workloads.push(spec("accounts-service", &[]));
+        workloads.push(spec("payment-service", &["/api/payments", "/api/risk"]));
+        workloads.push(spec("notification-service", &["/api/notifications", "/api/webhooks"]));
+        workloads.push(spec("audit-service", &["/api/audit"]));
     }
     if roles.identity {
         let prefixes: &[&str] =
@@ -202,4 +209,65 @@ pub fn in_front(app: Router, sidecar: Sidecar) -> Router {
         Arc::new(sidecar),
         ferrobank_interfaces::sidecar::enforce,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrobank_adapters::istio::resources::StringMatch;
+
+    use super::*;
+
+    /// In split mode a process's sidecar must judge a path as the workload the
+    /// VirtualService routes it to: each workload's prefixes are its routes' prefixes, and
+    /// no prefix claims another workload's path (the first claiming workload wins).
+    #[test]
+    fn split_mode_prefixes_are_the_virtual_services_routes() {
+        let mesh = match Source::Embedded(crate::edge::EMBEDDED.to_vec()).load() {
+            Ok(mesh) => mesh,
+            Err(e) => panic!("deploy/istio: {e}"),
+        };
+        let ingress = Workload {
+            namespace: "istio-system".to_owned(),
+            labels: [("istio".to_owned(), "ingressgateway".to_owned())].into_iter().collect(),
+        };
+        let routes = mesh.gateway_routes(&ingress);
+        let routed_prefixes = |host: &str| {
+            let mut prefixes: Vec<String> = routes
+                .iter()
+                .filter(|r| r.route.route.iter().any(|d| d.destination.host == host))
+                .flat_map(|r| &r.route.matches)
+                .filter_map(|m| match &m.uri {
+                    Some(StringMatch::Prefix(prefix)) => Some(prefix.clone()),
+                    _ => None,
+                })
+                .collect();
+            prefixes.sort();
+            prefixes
+        };
+        let specs = workloads(Roles::ALL);
+        for spec in specs.iter().filter(|spec| !spec.prefixes.is_empty()) {
+            let mut prefixes = spec.prefixes.clone();
+            prefixes.sort();
+            assert_eq!(prefixes, routed_prefixes(&spec.name), "{}", spec.name);
+        }
+        let claimed: Vec<(&str, &str)> = specs
+            .iter()
+            .flat_map(|s| s.prefixes.iter().map(move |p| (s.name.as_str(), p.as_str())))
+            .collect();
+        for (owner, prefix) in &claimed {
+            for (other, theirs) in &claimed {
+                assert!(
+                    owner == other || !theirs.starts_with(prefix),
+                    "{owner}'s {prefix} claims {other}'s {theirs}"
+                );
+            }
+        }
+        // The ledger keeps what no prefix claims.
+        for path in routed_prefixes("accounts-service") {
+            assert!(
+                claimed.iter().all(|(_, prefix)| !path.starts_with(prefix)),
+                "{path} is accounts-service's"
+            );
+        }
+    }
 }

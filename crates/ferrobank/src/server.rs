@@ -35,6 +35,8 @@ pub struct Running {
     pub idp: Option<Arc<IdentityProvider>>,
     /// Secrets the realm import generated (print them once).
     pub generated: Vec<Generated>,
+    /// The money path, when this process runs it.
+    pub payments: Option<crate::payments::Payments>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     writer: JoinHandle<()>,
@@ -51,27 +53,32 @@ pub struct Roles {
     pub identity: bool,
     /// The edge (Istio YAML) in front of the other roles, or alone in front of upstreams.
     pub gateway: bool,
+    /// The payment worker (and outbox relay) without an API: `serve payment-worker`.
+    pub payment_worker: bool,
 }
 
 impl Roles {
     /// Every role.
-    pub const ALL: Roles = Roles { accounts: true, identity: true, gateway: true };
+    pub const ALL: Roles =
+        Roles { accounts: true, identity: true, gateway: true, payment_worker: true };
 
     /// From role names; none means every role.
     pub fn parse(names: &[String]) -> Result<Self, String> {
         if names.is_empty() {
             return Ok(Self::ALL);
         }
-        let mut roles = Roles { accounts: false, identity: false, gateway: false };
+        let mut roles =
+            Roles { accounts: false, identity: false, gateway: false, payment_worker: false };
         for name in names {
             match name.as_str() {
                 "accounts" => roles.accounts = true,
                 "identity" => roles.identity = true,
                 "gateway" => roles.gateway = true,
+                "payment-worker" => roles.payment_worker = true,
                 other => {
                     return Err(format!(
                         "unknown or not yet implemented role `{other}`; available: accounts, \
-                         identity, gateway, and psp-sim (alone)"
+                         identity, gateway, payment-worker, and psp-sim (alone)"
                     ));
                 }
             }
@@ -109,6 +116,13 @@ pub async fn start_roles(
     let store = Arc::new(store);
     let (ledger, writer) = LedgerService::start(store.clone(), clock.clone(), limits);
     let idempotency: Arc<dyn IdempotencyStore> = store.clone();
+    let payments = match config.payments.enabled && (roles.accounts || roles.payment_worker) {
+        true => Some(
+            crate::payments::start(config, &store, &ledger, clock.clone(), roles.payment_worker)
+                .await?,
+        ),
+        false => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
@@ -176,6 +190,8 @@ pub async fn start_roles(
         api: roles.accounts,
         idp: idp.clone(),
         ledger: ledger.clone(),
+        payments: payments.as_ref().filter(|_| roles.accounts).map(|p| p.service.clone()),
+        notifications: None,
         idempotency: idempotency.clone(),
         clock: clock.clone(),
         limits: HttpLimits {
@@ -262,6 +278,7 @@ pub async fn start_roles(
         ledger,
         idp,
         generated,
+        payments,
         shutdown,
         server,
         writer,
@@ -273,11 +290,15 @@ pub async fn start_roles(
 impl Running {
     /// Stops accepting, lets in-flight requests and the batch in hand finish, then returns.
     pub async fn stop(self) -> Result<(), String> {
-        let Running { ledger, shutdown, server, writer, purge, shutdown_timeout, .. } = self;
+        let Running { ledger, payments, shutdown, server, writer, purge, shutdown_timeout, .. } =
+            self;
         let _ = shutdown.send(());
         purge.abort();
         let drained = tokio::time::timeout(shutdown_timeout, async move {
             let served = server.await;
+            if let Some(payments) = payments {
+                payments.stop().await;
+            }
             // The router's clones are gone with the server; dropping ours closes the
             // queue, and the writer exits after committing what it holds.
             drop(ledger);

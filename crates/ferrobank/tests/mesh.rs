@@ -20,7 +20,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
 
-const ACCOUNTS_ONLY: Roles = Roles { accounts: true, identity: false, gateway: false };
+const ACCOUNTS_ONLY: Roles =
+    Roles { accounts: true, identity: false, gateway: false, payment_worker: false };
 
 /// `deploy/istio`'s policies as they are (no PeerAuthentication: plaintext allowed).
 const POLICIES: [(&str, &str); 2] = [

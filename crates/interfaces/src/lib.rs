@@ -4,5 +4,6 @@ pub mod gateway;
 pub mod http;
 pub mod psp_sim;
 pub mod sidecar;
+pub mod webhooks;
 
 pub use http::{AppState, HttpLimits, metrics_handle, router};

@@ -1,10 +1,13 @@
 //! The audit log's backends: the SQL table (`sql/audit.rs`, the default) and MongoDB
 //! (`mongo.rs`, production). Both store a record in the same flat shape, [`StoredRecord`]:
 //! hashes as lowercase hex and `details` as the canonical JSON that was hashed, so a record
-//! comes back byte for byte and its hash can be recomputed from any store.
+//! comes back byte for byte and its hash can be recomputed from any store. `activity.rs`
+//! keeps the enriched activity log in MongoDB (the SQL table is `SqlStore`'s).
 
+pub mod activity;
 pub mod mongo;
 
+pub use activity::{MongoActivityLog, MongoActivityOptions};
 pub use mongo::{MongoAuditLog, MongoAuditOptions};
 
 use ferrobank_application::StoreError;

@@ -1,7 +1,8 @@
 //! The [`EventBus`](ferrobank_application::EventBus) backends: `memory` inside one process
-//! (the embedded default) and `rabbitmq` (durable, shared by processes). Both follow the
-//! port's contract, checked by the conformance suite in `tests/bus.rs`, and count the same
-//! metrics:
+//! (the embedded default), `rabbitmq` (durable, shared by processes) and `kafka` (durable,
+//! partitioned by subject, offsets in consumer groups). All follow the port's contract,
+//! checked by the conformance suite in `tests/bus.rs`, and count the same metrics (label
+//! `bus` = `memory`, `rabbitmq` or `kafka`):
 //!
 //! | metric | labels |
 //! |---|---|
@@ -12,9 +13,11 @@
 //! | `ferrobank_bus_dead_lettered_total` | `bus`, `consumer`, `reason` |
 //! | `ferrobank_bus_dead_letters` (gauge: DLQ depth) | `bus`, `consumer` |
 
+mod kafka;
 mod memory;
 mod rabbitmq;
 
+pub use self::kafka::{KafkaBus, KafkaBusOptions};
 pub use self::memory::{MemoryBus, MemoryBusOptions};
 pub use self::rabbitmq::{QueueType, RabbitBus, RabbitBusOptions};
 

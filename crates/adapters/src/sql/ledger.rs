@@ -5,14 +5,16 @@ use ferrobank_application::outbox::OutboxMessage;
 use ferrobank_application::{
     HistoryEntry, HistoryPage, LedgerStore, LedgerTx, StoreError, VerifyMismatch, VerifyReport,
 };
-use ferrobank_domain::{Account, AccountId, Balances, Book, LedgerTotals, Transfer, TransferId};
+use ferrobank_domain::{
+    Account, AccountId, Balances, Book, LedgerTotals, Payment, PaymentId, Transfer, TransferId,
+};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 use uuid::Uuid;
 
 use super::rows::{self, ACCOUNT_COLUMNS, TRANSFER_COLUMNS, TRANSFER_INSERT_COLUMNS};
-use super::{Backend, SqlStore, map_err, placeholders};
+use super::{Backend, SqlStore, map_err, payments, placeholders};
 
 /// Ids per `IN (...)` query; lists are padded to a power of two so the driver's
 /// prepared-statement cache sees a handful of shapes, not one per list length.
@@ -28,6 +30,9 @@ type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 struct SqlTx {
     tx: sqlx::Transaction<'static, Any>,
     backend: Backend,
+    /// Set when the transaction wrote the outbox: its commit wakes the relay.
+    outbox_signal: Option<std::sync::Arc<tokio::sync::Notify>>,
+    signal: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for SqlTx {
@@ -37,7 +42,7 @@ impl std::fmt::Debug for SqlTx {
 }
 
 /// Splits `ids` into padded chunks and returns (sql placeholders, bound strings) pairs.
-fn in_lists<T: ToString>(ids: &[T]) -> Vec<(String, Vec<String>)> {
+pub(super) fn in_lists<T: ToString>(ids: &[T]) -> Vec<(String, Vec<String>)> {
     ids.chunks(MAX_IN_LIST)
         .map(|chunk| {
             let mut values: Vec<String> = chunk.iter().map(ToString::to_string).collect();
@@ -225,12 +230,13 @@ impl LedgerTx for SqlTx {
     }
 
     async fn append_outbox(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError> {
-        const WIDTH: usize = 4;
+        const WIDTH: usize = 6;
         for chunk in messages.chunks(INSERT_CHUNK_ROWS) {
             let values: Vec<String> =
                 (0..chunk.len()).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
             let sql = format!(
-                "INSERT INTO outbox (event_id, kind, payload, created_at_ms) VALUES {}",
+                "INSERT INTO outbox (event_id, kind, payload, created_at_ms, subject, traceparent) \
+                 VALUES {}",
                 values.join(", ")
             );
             let mut query = sqlx::query(&sql);
@@ -239,15 +245,54 @@ impl LedgerTx for SqlTx {
                     .bind(m.event_id.to_string())
                     .bind(m.kind)
                     .bind(m.payload.to_string())
-                    .bind(m.created_at_ms);
+                    .bind(m.created_at_ms)
+                    .bind(m.subject.clone())
+                    .bind(m.traceparent.clone());
             }
             query.execute(&mut *self.tx).await.map_err(map_err)?;
+        }
+        if !messages.is_empty() {
+            self.outbox_signal = Some(self.signal.clone());
         }
         Ok(())
     }
 
+    async fn lock_payments(&mut self, ids: &[PaymentId]) -> Result<Vec<Payment>, StoreError> {
+        payments::lock_payments(&mut self.tx, self.backend, ids).await
+    }
+
+    async fn insert_payments(&mut self, list: &[&Payment]) -> Result<(), StoreError> {
+        payments::insert_payments(&mut self.tx, list).await
+    }
+
+    async fn update_payments(&mut self, list: &[&Payment]) -> Result<(), StoreError> {
+        payments::update_payments(&mut self.tx, list).await
+    }
+
+    async fn inbox_seen(
+        &mut self,
+        consumer: &str,
+        event_ids: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        payments::inbox_seen(&mut self.tx, consumer, event_ids).await
+    }
+
+    async fn record_inbox(
+        &mut self,
+        consumer: &str,
+        event_ids: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        payments::record_inbox(&mut self.tx, consumer, event_ids, now_ms).await
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        self.tx.commit().await.map_err(map_err)
+        let Self { tx, outbox_signal, .. } = *self;
+        tx.commit().await.map_err(map_err)?;
+        if let Some(signal) = outbox_signal {
+            signal.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -309,7 +354,12 @@ fn parse_sum(row: &sqlx::any::AnyRow, column: &str) -> Result<i128, StoreError> 
 #[async_trait]
 impl LedgerStore for SqlStore {
     async fn begin(&self) -> Result<Box<dyn LedgerTx>, StoreError> {
-        Ok(Box::new(SqlTx { tx: self.begin_write().await?, backend: self.backend }))
+        Ok(Box::new(SqlTx {
+            tx: self.begin_write().await?,
+            backend: self.backend,
+            outbox_signal: None,
+            signal: self.outbox_signal.clone(),
+        }))
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>, StoreError> {

@@ -1,9 +1,12 @@
 //! The SQL store: connection, migrations and error mapping.
 
+mod activity;
 mod audit;
 mod idempotency;
 mod identity;
 mod ledger;
+mod notifications;
+mod payments;
 mod rows;
 
 pub use identity::{StoredKey, StoredRealm};
@@ -82,6 +85,21 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("../../migrations/sqlite/0003_audit.sql"),
     },
+    Migration {
+        version: 4,
+        name: "payments",
+        sql: include_str!("../../migrations/sqlite/0004_payments.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "notifications",
+        sql: include_str!("../../migrations/sqlite/0005_notifications.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "activity",
+        sql: include_str!("../../migrations/sqlite/0006_activity.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -100,16 +118,33 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         name: "audit",
         sql: include_str!("../../migrations/postgres/0003_audit.sql"),
     },
+    Migration {
+        version: 4,
+        name: "payments",
+        sql: include_str!("../../migrations/postgres/0004_payments.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "notifications",
+        sql: include_str!("../../migrations/postgres/0005_notifications.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "activity",
+        sql: include_str!("../../migrations/postgres/0006_activity.sql"),
+    },
 ];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The ledger and idempotency stores over one connection pool.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// Signalled when a transaction that wrote the outbox commits in this process.
+    outbox_signal: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqlStore {
@@ -145,7 +180,7 @@ impl SqlStore {
             .connect(&url)
             .await
             .map_err(map_err)?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, outbox_signal: Default::default() })
     }
 
     /// The backend behind this store.

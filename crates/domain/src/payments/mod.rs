@@ -20,6 +20,7 @@
 //! [`PaymentStatus`] is the state machine a payment goes through (see [`status`]).
 
 pub mod iban;
+mod record;
 pub mod status;
 
 use std::fmt;
@@ -32,6 +33,7 @@ use crate::ledger::AccountId;
 use crate::money::{Amount, Currency};
 
 pub use iban::{Iban, IbanError};
+pub use record::Payment;
 pub use status::{PaymentEvent, PaymentStatus, PaymentTrigger, Transition};
 
 /// The longest beneficiary name, in characters (ISO 20022 `Max140Text`).

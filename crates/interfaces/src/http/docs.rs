@@ -8,6 +8,8 @@ use utoipa::OpenApi;
 use super::dto;
 use super::idp::admin;
 use super::ledger;
+use super::notifications;
+use super::payments;
 use super::problem::{PROBLEM_JSON, Problem};
 
 /// The API description, generated from the handler annotations.
@@ -18,6 +20,13 @@ use super::problem::{PROBLEM_JSON, Problem};
         ledger::open_account, ledger::get_account, ledger::get_balances, ledger::get_history,
         ledger::create_transfer, ledger::create_transfers, ledger::get_transfer,
         ledger::post_pending, ledger::void_pending,
+        payments::create_payment, payments::list_payments, payments::get_payment,
+        payments::cancel_payment, payments::list_reviews, payments::get_review,
+        payments::approve_review, payments::reject_review,
+        notifications::list_notifications, notifications::mark_read,
+        notifications::create_webhook, notifications::list_webhooks, notifications::get_webhook,
+        notifications::delete_webhook, notifications::list_deliveries,
+        notifications::replay_delivery,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user,
         admin::delete_user, admin::reset_password, admin::user_roles, admin::add_roles,
         admin::remove_roles, admin::list_roles, admin::rotate_keys,
@@ -28,9 +37,18 @@ use super::problem::{PROBLEM_JSON, Problem};
         dto::TransferBatchResponse, dto::TransferResultDto, dto::ResolveRequest,
         dto::HistoryPageDto, dto::HistoryEntryDto, admin::UserRepresentation,
         admin::CredentialRepresentation, admin::RoleRepresentation,
+        notifications::NotificationDto, notifications::NotificationPageDto,
+        notifications::CreateWebhookRequest, notifications::WebhookDto,
+        notifications::CreatedWebhookDto, notifications::WebhookListDto,
+        notifications::DeliveryDto, notifications::DeliveryAttemptDto,
+        notifications::DeliveryPageDto,
+        payments::CreatePaymentRequest, payments::PaymentDto, payments::PaymentPageDto,
     )),
     tags((name = "accounts", description = "Open accounts, read balances and history"),
          (name = "transfers", description = "Move money: posted transfers, holds, posts and voids"),
+         (name = "payments", description = "Payments (Idempotency-Key required): risk-checked, held on the ledger, settled by the payment worker; events on the bus"),
+         (name = "risk", description = "Payments held by the risk check, for `risk-analyst`"),
+         (name = "notifications", description = "In-app notifications of payment events, and webhooks signed the Standard Webhooks way (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with a delivery log, retries and replay"),
          (name = "admin", description = "Identity provider administration (Keycloak-shaped), for `banking-admin`. The OpenID Connect endpoints themselves are described by each realm's discovery document, `/realms/{realm}/.well-known/openid-configuration`.")),
 )]
 pub struct ApiDoc;

@@ -56,7 +56,7 @@ pub async fn open_account(
     })
 }
 
-fn derived_id(scope: &str, key: &str) -> Uuid {
+pub(super) fn derived_id(scope: &str, key: &str) -> Uuid {
     let digest = Sha256::new().chain_update(scope).chain_update([0]).chain_update(key).finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -151,7 +151,7 @@ pub async fn get_history(
     .into_response())
 }
 
-fn invalid_query(detail: impl Into<String>) -> Problem {
+pub(super) fn invalid_query(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "Invalid query parameter").detail(detail)
 }
 

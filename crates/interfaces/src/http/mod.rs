@@ -6,7 +6,9 @@ pub mod extract;
 pub mod idempotency;
 pub(crate) mod idp;
 mod ledger;
+pub mod notifications;
 mod observe;
+pub mod payments;
 pub mod problem;
 
 use std::sync::Arc;
@@ -59,6 +61,10 @@ pub struct AppState {
     pub auth: Option<Arc<TokenValidator>>,
     /// The built-in identity provider, when this process runs it.
     pub idp: Option<Arc<IdentityProvider>>,
+    /// The payment use cases, when this process serves them.
+    pub payments: Option<ferrobank_application::payments::PaymentService>,
+    /// Notifications and webhooks; `None`: their routes answer 404.
+    pub notifications: Option<ferrobank_application::NotificationService>,
     /// Whether this process serves the ledger API (`/api/accounts`, `/api/transfers`).
     pub api: bool,
 }
@@ -75,6 +81,25 @@ pub fn router(state: AppState) -> Router {
         .route("/api/transfers/{id}", get(ledger::get_transfer))
         .route("/api/transfers/{id}/post", post(ledger::post_pending))
         .route("/api/transfers/{id}/void", post(ledger::void_pending))
+        .route("/api/payments", post(payments::create_payment).get(payments::list_payments))
+        .route("/api/payments/{id}", get(payments::get_payment))
+        .route("/api/payments/{id}/cancel", post(payments::cancel_payment))
+        .route("/api/risk/reviews", get(payments::list_reviews))
+        .route("/api/risk/reviews/{id}", get(payments::get_review))
+        .route("/api/risk/reviews/{id}/approve", post(payments::approve_review))
+        .route("/api/risk/reviews/{id}/reject", post(payments::reject_review))
+        .route("/api/notifications", get(notifications::list_notifications))
+        .route("/api/notifications/{id}/read", post(notifications::mark_read))
+        .route("/api/webhooks", post(notifications::create_webhook).get(notifications::list_webhooks))
+        .route(
+            "/api/webhooks/{id}",
+            get(notifications::get_webhook).delete(notifications::delete_webhook),
+        )
+        .route("/api/webhooks/{id}/deliveries", get(notifications::list_deliveries))
+        .route(
+            "/api/webhooks/{id}/deliveries/{delivery_id}/replay",
+            post(notifications::replay_delivery),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         // Outermost: nothing (not even an idempotency claim) happens for an unknown caller.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), extract::authenticate));

@@ -1,0 +1,1376 @@
+//! The bus on Kafka (any broker speaking the Kafka protocol: Apache Kafka, Redpanda, tansu)
+//! through `rskafka`, a pure-Rust client (no librdkafka to install).
+//!
+//! Topics, every name under the configurable prefix `p`:
+//!
+//! - `p.events`: every event, in the CloudEvents JSON format (structured mode), keyed by its
+//!   subject and partitioned by the key's murmur2 hash as Kafka's own clients do, so that
+//!   one subject's events keep their order. The type travels in the `ce_type` header;
+//!   consumers skip the types they are not bound to.
+//! - `p.<consumer>.retry`: the consumer's retried events, keyed by subject, with the next
+//!   attempt and the time it is due in headers. A subscription reads it beside `p.events`
+//!   and holds a record back until it is due.
+//! - `p.<consumer>.dlq`: the consumer's dead letters (one partition: oldest first), with
+//!   the attempt and the reason in headers.
+//!
+//! Offsets live in the broker's consumer groups, written and read with the OffsetCommit
+//! and OffsetFetch requests (rskafka has no group API, so this module speaks those three
+//! requests, FindCoordinator included, itself): group `p.<consumer>` holds how far the
+//! consumer has settled. A partition's offset moves only past deliveries that are all
+//! settled (acked, or their copy confirmed on the retry or dead-letter topic), so the
+//! unsettled deliveries of a subscription that ends come back to the next one. Group
+//! `p.<consumer>.delivered` records how far deliveries went, which is what marks a
+//! delivery `redelivered`. A consumer's first subscription starts its group at the end of
+//! `p.events`: earlier events are not kept for it.
+//!
+//! Publishing waits for the broker's acknowledgement from every in-sync replica
+//! (`acks=all`); moving a delivery to the retry or dead-letter topic does the same before
+//! its offset may be committed, so a crash in between duplicates an event and never loses
+//! one.
+//!
+//! Limits: subscriptions do not join the group as members (no JoinGroup/SyncGroup), so
+//! each subscription reads every partition: run one subscription per consumer (several
+//! see every event twice, which de-duplication absorbs, instead of sharing the stream).
+//! Type bindings are kept by the [`KafkaBus`] value, not on the broker. A retry partition
+//! is read in order, so a retry waits for the ones written before it to be due.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use ferrobank_application::bus::{
+    BusError, CLOUDEVENTS_JSON, DEFAULT_PREFETCH, DeadLetter, DeadLetterReason, Delivery, Event,
+    EventBus, MAX_DEAD_LETTERS_READ, MAX_PREFETCH, Outcome, RetryPolicy, Settle, Subscription,
+    validate_consumer, validate_subscription,
+};
+use rskafka::BackoffConfig;
+use rskafka::chrono::{DateTime, Utc};
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::{Record, RecordAndOffset};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::BusMetrics;
+
+const METRICS: BusMetrics = BusMetrics { bus: "kafka" };
+
+/// The header naming the event's type (CloudEvents Kafka binding).
+pub const TYPE_HEADER: &str = "ce_type";
+/// The header carrying the attempt number (absent on the first delivery).
+pub const ATTEMPT_HEADER: &str = "x-ferrobank-attempt";
+/// The header of a retried event: when it is due, in Unix milliseconds.
+pub const DUE_HEADER: &str = "x-ferrobank-due-ms";
+/// The header of a dead letter naming why it is there ([`DeadLetterReason::as_str`]).
+pub const REASON_HEADER: &str = "x-ferrobank-dead-letter-reason";
+/// Longest prefix, in bytes: topic names stay well within Kafka's 249.
+const MAX_PREFIX_BYTES: usize = 64;
+/// Most partitions of the events and retry topics this bus creates.
+const MAX_PARTITIONS: u16 = 256;
+/// Most bytes one fetch of one partition asks for (room for many of the largest events).
+const MAX_FETCH_BYTES: i32 = 4 * 1024 * 1024;
+/// The fetch wait of a fetch that should answer at once, in milliseconds (some brokers
+/// answer a wait of 0 with nothing at all).
+const IMMEDIATE_WAIT_MS: i32 = 1;
+/// Longest answer of the group coordinator read, in bytes.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// The client id sent with every request.
+const CLIENT_ID: &str = "ferrobank";
+
+/// Where the bus lives on the broker and how it behaves.
+#[derive(Debug, Clone)]
+pub struct KafkaBusOptions {
+    /// Prepended (with a `.`) to every topic and group name, so that several environments
+    /// or tests share one cluster: 1 to 64 bytes of `[a-z0-9_-]`.
+    pub topic_prefix: String,
+    /// When retried deliveries come back, and how often.
+    pub retry: RetryPolicy,
+    /// Unsettled deliveries one subscription may hold, 1 to `MAX_PREFETCH`.
+    pub prefetch: u16,
+    /// Partitions of the events and retry topics when this bus creates them (1 to 256);
+    /// an existing topic keeps its own count.
+    pub partitions: u16,
+    /// Replicas of every topic this bus creates (1 for a single broker).
+    pub replication_factor: u16,
+    /// Longest wait to connect and create the events topic, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for one broker operation (a produce and its acknowledgement, a
+    /// commit), in milliseconds.
+    pub operation_timeout_ms: u64,
+    /// Longest a fetch waits at the broker for new records, in milliseconds.
+    pub fetch_wait_ms: u64,
+}
+
+impl Default for KafkaBusOptions {
+    fn default() -> Self {
+        Self {
+            topic_prefix: "ferrobank".into(),
+            retry: RetryPolicy::default(),
+            prefetch: DEFAULT_PREFETCH,
+            partitions: 8,
+            replication_factor: 1,
+            connect_timeout_ms: 5_000,
+            operation_timeout_ms: 5_000,
+            fetch_wait_ms: 250,
+        }
+    }
+}
+
+/// The Kafka [`EventBus`]; clones share the client and the type bindings.
+#[derive(Clone)]
+pub struct KafkaBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    brokers: Vec<String>,
+    options: KafkaBusOptions,
+    client: Client,
+    groups: Groups,
+    events_topic: String,
+    events_partitions: i32,
+    partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    /// Per consumer, the types it is bound to; shared by its subscriptions.
+    bindings: Mutex<BTreeMap<String, Arc<Mutex<BTreeSet<String>>>>>,
+    /// Consumers whose topics this bus created (what [`KafkaBus::teardown`] deletes).
+    declared: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.shared.brokers)
+            .field("options", &self.shared.options)
+            .field("events_partitions", &self.shared.events_partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn broker(context: &str, error: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(format!("{context}: {error}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn timestamp(unix_ms: u64) -> DateTime<Utc> {
+    i64::try_from(unix_ms).ok().and_then(DateTime::from_timestamp_millis).unwrap_or_default()
+}
+
+/// The brokers of a `kafka://host:port[,host:port...]` URL.
+fn parse_brokers(url: &str) -> Result<Vec<String>, BusError> {
+    let invalid = || {
+        BusError::InvalidOptions(format!("{url:?} is not a kafka://host:port[,host:port...] URL"))
+    };
+    let list = url.strip_prefix("kafka://").ok_or_else(invalid)?.trim_end_matches('/');
+    let brokers: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .map(|broker| match broker.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                Ok(broker.to_owned())
+            }
+            _ => Err(invalid()),
+        })
+        .collect::<Result<_, _>>()?;
+    if brokers.is_empty() { Err(invalid()) } else { Ok(brokers) }
+}
+
+/// Kafka's murmur2 (what its clients' default partitioner hashes keys with).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    // Kafka hashes the length as a Java int; keys here are at most 256 bytes.
+    let mut h = SEED ^ u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The partition of `key` among `partitions` (Kafka's default partitioner).
+fn partition_of(key: &str, partitions: i32) -> i32 {
+    let hash = i64::from(murmur2(key.as_bytes()) & 0x7fff_ffff);
+    i32::try_from(hash % i64::from(partitions.max(1))).unwrap_or(0)
+}
+
+/// The names of one consumer's topics and groups.
+#[derive(Debug, Clone)]
+struct Names {
+    consumer: String,
+    retry: String,
+    dlq: String,
+    group: String,
+    delivered_group: String,
+}
+
+impl Names {
+    fn new(prefix: &str, consumer: &str) -> Self {
+        Self {
+            consumer: consumer.to_owned(),
+            retry: format!("{prefix}.{consumer}.retry"),
+            dlq: format!("{prefix}.{consumer}.dlq"),
+            group: format!("{prefix}.{consumer}"),
+            delivered_group: format!("{prefix}.{consumer}.delivered"),
+        }
+    }
+}
+
+fn header_u64(record: &Record, name: &str) -> Option<u64> {
+    std::str::from_utf8(record.headers.get(name)?).ok()?.parse().ok()
+}
+
+impl KafkaBus {
+    /// Connects to `url` (`kafka://host:9092[,host:9092...]`) and creates the events topic
+    /// if it is missing; fails if the broker cannot be reached now or the options are out
+    /// of bounds.
+    pub async fn connect(url: &str, options: KafkaBusOptions) -> Result<Self, BusError> {
+        options.retry.validate()?;
+        let brokers = parse_brokers(url)?;
+        let prefix = &options.topic_prefix;
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= MAX_PREFIX_BYTES
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+        if !prefix_ok
+            || !(1..=MAX_PREFETCH).contains(&options.prefetch)
+            || !(1..=MAX_PARTITIONS).contains(&options.partitions)
+            || options.replication_factor == 0
+            || options.connect_timeout_ms == 0
+            || options.operation_timeout_ms == 0
+            || options.fetch_wait_ms == 0
+            || options.fetch_wait_ms >= options.operation_timeout_ms
+        {
+            return Err(BusError::InvalidOptions(format!(
+                "topic_prefix must be 1 to {MAX_PREFIX_BYTES} bytes of [a-z0-9_-], prefetch 1 to \
+                 {MAX_PREFETCH}, partitions 1 to {MAX_PARTITIONS}, replication_factor and \
+                 timeouts above 0, fetch_wait_ms below operation_timeout_ms"
+            )));
+        }
+        let operation = Duration::from_millis(options.operation_timeout_ms);
+        let connect_timeout = Duration::from_millis(options.connect_timeout_ms);
+        let events_topic = format!("{prefix}.events");
+        let connecting = async {
+            let client = ClientBuilder::new(brokers.clone())
+                .client_id(CLIENT_ID)
+                .max_message_size(MAX_RESPONSE_BYTES)
+                .backoff_config(BackoffConfig {
+                    deadline: Some(operation),
+                    ..BackoffConfig::default()
+                })
+                .build()
+                .await
+                .map_err(|e| broker(&format!("connecting to {}", brokers.join(",")), e))?;
+            let events_partitions = ensure_topic(
+                &client,
+                &events_topic,
+                options.partitions,
+                options.replication_factor,
+                operation,
+            )
+            .await?;
+            Ok::<_, BusError>((client, events_partitions))
+        };
+        let (client, events_partitions) =
+            tokio::time::timeout(connect_timeout, connecting).await.unwrap_or_else(|_| {
+                Err(BusError::Unavailable(format!(
+                    "connecting to {}: no answer within {connect_timeout:?}",
+                    brokers.join(",")
+                )))
+            })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                groups: Groups::new(brokers.clone(), operation),
+                brokers,
+                options,
+                client,
+                events_topic,
+                events_partitions,
+                partitions: Mutex::default(),
+                bindings: Mutex::default(),
+                declared: Mutex::default(),
+            }),
+        })
+    }
+
+    /// The topic every event is published to.
+    pub fn events_topic(&self) -> &str {
+        &self.shared.events_topic
+    }
+
+    /// The consumers whose topics this bus created.
+    pub fn declared_consumers(&self) -> Vec<String> {
+        lock(&self.shared.declared).iter().cloned().collect()
+    }
+
+    /// Deletes `consumer`'s retry and dead-letter topics (its retries and dead letters with
+    /// them). Its group offsets stay on the broker.
+    pub async fn delete_consumer(&self, consumer: &str) -> Result<(), BusError> {
+        validate_consumer(consumer)?;
+        let names = Names::new(&self.shared.options.topic_prefix, consumer);
+        for topic in [&names.retry, &names.dlq] {
+            self.delete_topic(topic).await?;
+        }
+        lock(&self.shared.declared).remove(consumer);
+        Ok(())
+    }
+
+    /// Deletes the topics of every consumer this bus created and the events topic.
+    pub async fn teardown(&self) -> Result<(), BusError> {
+        for consumer in self.declared_consumers() {
+            self.delete_consumer(&consumer).await?;
+        }
+        self.delete_topic(&self.shared.events_topic).await
+    }
+
+    async fn delete_topic(&self, topic: &str) -> Result<(), BusError> {
+        lock(&self.shared.partitions).retain(|(t, _), _| t != topic);
+        let controller =
+            self.shared.client.controller_client().map_err(|e| broker("controller", e))?;
+        let timeout_ms =
+            i32::try_from(self.shared.options.operation_timeout_ms).unwrap_or(i32::MAX);
+        match self.timed("DeleteTopics", controller.delete_topic(topic, timeout_ms)).await {
+            Ok(()) => Ok(()),
+            Err(BusError::Unavailable(e)) if e.contains("UnknownTopicOrPartition") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        context: &str,
+        operation: impl Future<Output = Result<T, KafkaError>>,
+    ) -> Result<T, BusError> {
+        let timeout = Duration::from_millis(self.shared.options.operation_timeout_ms);
+        // Boxed: rskafka's futures nest deep enough to overflow the compiler's layout queries.
+        match tokio::time::timeout(timeout, Box::pin(operation)).await {
+            Ok(result) => result.map_err(|e| broker(context, e)),
+            Err(_) => {
+                Err(BusError::Unavailable(format!("{context}: no answer within {timeout:?}")))
+            }
+        }
+    }
+
+    /// The (cached) client of one partition.
+    async fn partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, BusError> {
+        let key = (topic.to_owned(), partition);
+        if let Some(client) = lock(&self.shared.partitions).get(&key) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(
+            self.timed(
+                "metadata",
+                self.shared.client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+            )
+            .await?,
+        );
+        lock(&self.shared.partitions).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Produces one record and waits for `acks=all`; returns its offset.
+    async fn produce(&self, topic: &str, partition: i32, record: Record) -> Result<i64, BusError> {
+        let client = self.partition(topic, partition).await?;
+        let offsets =
+            self.timed("produce", client.produce(vec![record], Compression::NoCompression)).await?;
+        offsets.first().copied().ok_or_else(|| broker("produce", "no offset in the answer"))
+    }
+
+    /// The first and the next offset of a partition (`[earliest, high watermark)`).
+    async fn bounds(&self, client: &PartitionClient) -> Result<(i64, i64), BusError> {
+        let earliest = self.timed("ListOffsets", client.get_offset(OffsetAt::Earliest)).await?;
+        // The high watermark from a fetch: some brokers answer ListOffsets(latest) with the
+        // last offset rather than the next one.
+        let (_, high) = self.timed("fetch", fetch(client, earliest, IMMEDIATE_WAIT_MS)).await?;
+        Ok((earliest, high.unwrap_or(earliest)))
+    }
+
+    async fn topic_exists(&self, topic: &str) -> Result<bool, BusError> {
+        let topics = self.timed("metadata", self.shared.client.list_topics()).await?;
+        Ok(topics.iter().any(|t| t.name == topic))
+    }
+
+    /// Creates `consumer`'s topics if missing; returns the retry topic's partition count.
+    async fn declare_consumer(&self, names: &Names) -> Result<i32, BusError> {
+        let options = &self.shared.options;
+        let operation = Duration::from_millis(options.operation_timeout_ms);
+        let client = &self.shared.client;
+        let retry_partitions = ensure_topic(
+            client,
+            &names.retry,
+            options.partitions,
+            options.replication_factor,
+            operation,
+        )
+        .await?;
+        ensure_topic(client, &names.dlq, 1, options.replication_factor, operation).await?;
+        lock(&self.shared.declared).insert(names.consumer.clone());
+        Ok(retry_partitions)
+    }
+
+    /// Writes a dead letter (confirmed) and updates the DLQ depth gauge.
+    async fn dead_letter(
+        &self,
+        names: &Names,
+        mut record: Record,
+        attempt: u32,
+        reason: DeadLetterReason,
+    ) -> Result<(), BusError> {
+        record.headers.insert(ATTEMPT_HEADER.into(), attempt.to_string().into_bytes());
+        record.headers.insert(REASON_HEADER.into(), reason.as_str().as_bytes().to_vec());
+        record.headers.remove(DUE_HEADER);
+        record.timestamp = timestamp(now_ms());
+        let offset = self.produce(&names.dlq, 0, record).await?;
+        METRICS.dead_lettered(&names.consumer, reason);
+        if let Ok(client) = self.partition(&names.dlq, 0).await
+            && let Ok(earliest) =
+                self.timed("ListOffsets", client.get_offset(OffsetAt::Earliest)).await
+        {
+            METRICS
+                .dead_letters(&names.consumer, u64::try_from(offset + 1 - earliest).unwrap_or(0));
+        }
+        Ok(())
+    }
+}
+
+/// Creates `topic` unless it exists; returns its partition count.
+async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u16,
+    replication_factor: u16,
+    timeout: Duration,
+) -> Result<i32, BusError> {
+    let existing = |topics: &[rskafka::topic::Topic]| {
+        topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| i32::try_from(t.partitions.len()).ok())
+            .filter(|count| *count > 0)
+    };
+    let topics = client.list_topics().await.map_err(|e| broker("metadata", e))?;
+    if let Some(count) = existing(&topics) {
+        return Ok(count);
+    }
+    let controller = client.controller_client().map_err(|e| broker("controller", e))?;
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let replication = i16::try_from(replication_factor).unwrap_or(i16::MAX);
+    match controller.create_topic(topic, i32::from(partitions), replication, timeout_ms).await {
+        Ok(()) => {}
+        Err(KafkaError::ServerError {
+            protocol_error: ProtocolError::TopicAlreadyExists, ..
+        }) => {}
+        Err(e) => return Err(broker(&format!("creating topic {topic}"), e)),
+    }
+    let topics = client.list_topics().await.map_err(|e| broker("metadata", e))?;
+    Ok(existing(&topics).unwrap_or(i32::from(partitions)))
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let body = event.to_json_bytes()?;
+        let headers = BTreeMap::from([
+            ("content-type".to_owned(), CLOUDEVENTS_JSON.as_bytes().to_vec()),
+            (TYPE_HEADER.to_owned(), event.type_.as_bytes().to_vec()),
+        ]);
+        let record = Record {
+            key: Some(event.subject.as_bytes().to_vec()),
+            value: Some(body),
+            headers,
+            timestamp: timestamp(now_ms()),
+        };
+        let partition = partition_of(&event.subject, self.shared.events_partitions);
+        self.produce(&self.shared.events_topic, partition, record).await?;
+        METRICS.published(&event.type_);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        types: &[&str],
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        validate_subscription(consumer, types)?;
+        let names = Names::new(&self.shared.options.topic_prefix, consumer);
+        let retry_partitions = self.declare_consumer(&names).await?;
+        let bound = lock(&self.shared.bindings).entry(consumer.to_owned()).or_default().clone();
+        lock(&bound).extend(types.iter().map(|t| (*t).to_owned()));
+
+        let mut topics: Vec<(String, Vec<i32>)> = vec![
+            (self.shared.events_topic.clone(), (0..self.shared.events_partitions).collect()),
+            (names.retry.clone(), (0..retry_partitions).collect()),
+        ];
+        topics.retain(|(_, partitions)| !partitions.is_empty());
+        let committed = self.shared.groups.fetch(&names.group, &topics).await?;
+        let delivered = self.shared.groups.fetch(&names.delivered_group, &topics).await?;
+
+        let mut cursors = Vec::new();
+        let mut offsets = Vec::new();
+        let mut first_commit = Vec::new();
+        for (topic, partitions) in &topics {
+            let retry = *topic == names.retry;
+            for &partition in partitions {
+                let client = self.partition(topic, partition).await?;
+                let key = (topic.clone(), partition);
+                let start = match committed.get(&key).copied().filter(|offset| *offset >= 0) {
+                    Some(offset) => offset,
+                    None => {
+                        // A new group: the retry topic from its start, the events from now on.
+                        let (earliest, high) = self.bounds(&client).await?;
+                        let start = if retry { earliest } else { high };
+                        first_commit.push((topic.clone(), partition, start));
+                        start
+                    }
+                };
+                let mark = delivered.get(&key).copied().unwrap_or(-1).max(start);
+                cursors.push(Cursor {
+                    client,
+                    retry,
+                    position: start,
+                    buffer: VecDeque::new(),
+                    redelivered_below: mark,
+                });
+                offsets.push(Offsets {
+                    topic: topic.clone(),
+                    partition,
+                    in_flight: BTreeSet::new(),
+                    handed: start,
+                    committed: start,
+                    delivered_mark: mark,
+                });
+            }
+        }
+        if !first_commit.is_empty() {
+            self.shared.groups.commit(&names.group, &first_commit).await?;
+        }
+        if let Ok(client) = self.partition(&names.dlq, 0).await
+            && let Ok((earliest, high)) = self.bounds(&client).await
+        {
+            METRICS.dead_letters(consumer, u64::try_from(high - earliest).unwrap_or(0));
+        }
+        let prefetch = self.shared.options.prefetch;
+        Ok(Box::new(KafkaSubscription {
+            bus: self.clone(),
+            names: Arc::new(names),
+            bound,
+            cursors,
+            shared: Arc::new(SubscriptionShared {
+                alive: AtomicBool::new(true),
+                state: Mutex::new(SubscriptionState { unsettled: 0, offsets }),
+                settled: Notify::new(),
+                committing: tokio::sync::Mutex::new(()),
+            }),
+            prefetch,
+            turn: 0,
+        }))
+    }
+
+    async fn dead_letters(&self, consumer: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        validate_consumer(consumer)?;
+        let names = Names::new(&self.shared.options.topic_prefix, consumer);
+        if !self.topic_exists(&names.dlq).await? {
+            return Ok(Vec::new());
+        }
+        let client = self.partition(&names.dlq, 0).await?;
+        let (earliest, high) = self.bounds(&client).await?;
+        METRICS.dead_letters(consumer, u64::try_from(high - earliest).unwrap_or(0));
+        let max = max.min(MAX_DEAD_LETTERS_READ);
+        let mut letters = Vec::new();
+        let mut position = earliest;
+        while letters.len() < max && position < high {
+            let (records, _) = self.timed("fetch", fetch(&client, position, IMMEDIATE_WAIT_MS)).await?;
+            if records.is_empty() {
+                break;
+            }
+            for RecordAndOffset { record, offset } in records {
+                position = offset + 1;
+                if letters.len() < max && offset < high {
+                    letters.push(read_dead_letter(&record));
+                }
+            }
+        }
+        Ok(letters)
+    }
+}
+
+/// Records from an offset on, and the high watermark when the broker named it.
+type Fetched = Result<(Vec<RecordAndOffset>, Option<i64>), KafkaError>;
+
+/// Fetches from `offset` on, waiting up to `wait_ms` for records. An answer without the
+/// topic (what some brokers send for a partition never written to) is no records.
+async fn fetch(client: &PartitionClient, offset: i64, wait_ms: i32) -> Fetched {
+    match client.fetch_records(offset, 1..MAX_FETCH_BYTES, wait_ms).await {
+        Ok((records, high)) => Ok((records, Some(high))),
+        Err(KafkaError::InvalidResponse(message)) if message.ends_with("got 0") => {
+            Ok((Vec::new(), None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn read_dead_letter(record: &Record) -> DeadLetter {
+    let event = record.value.as_deref().and_then(|body| Event::from_json_bytes(body).ok());
+    let reason = record
+        .headers
+        .get(REASON_HEADER)
+        .and_then(|name| std::str::from_utf8(name).ok())
+        .and_then(DeadLetterReason::parse)
+        .unwrap_or(if event.is_some() {
+            DeadLetterReason::Rejected
+        } else {
+            DeadLetterReason::Malformed
+        });
+    let attempt =
+        header_u64(record, ATTEMPT_HEADER).and_then(|a| u32::try_from(a).ok()).unwrap_or(1).max(1);
+    DeadLetter { event, attempt, reason }
+}
+
+/// Reading position and fetched-but-not-yet-delivered records of one partition.
+struct Cursor {
+    client: Arc<PartitionClient>,
+    retry: bool,
+    /// The next offset to fetch.
+    position: i64,
+    buffer: VecDeque<RecordAndOffset>,
+    /// Offsets below it were delivered before this subscription started.
+    redelivered_below: i64,
+}
+
+/// The settlement bookkeeping of one partition.
+#[derive(Debug)]
+struct Offsets {
+    topic: String,
+    partition: i32,
+    /// Delivered, not yet settled.
+    in_flight: BTreeSet<i64>,
+    /// The next offset not yet delivered or skipped.
+    handed: i64,
+    /// What the group holds.
+    committed: i64,
+    /// What the delivered group holds.
+    delivered_mark: i64,
+}
+
+impl Offsets {
+    /// How far the group's offset may move: up to the first unsettled delivery.
+    fn committable(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.handed).min(self.handed)
+    }
+}
+
+#[derive(Debug)]
+struct SubscriptionState {
+    unsettled: usize,
+    /// By cursor index.
+    offsets: Vec<Offsets>,
+}
+
+/// What a subscription shares with its unsettled deliveries.
+#[derive(Debug)]
+struct SubscriptionShared {
+    /// False once the subscription is dropped: its deliveries can no longer be settled.
+    alive: AtomicBool,
+    state: Mutex<SubscriptionState>,
+    /// Woken on every settlement (a `next` waiting for prefetch room).
+    settled: Notify,
+    /// Commits one at a time, so that a later one never moves an offset back.
+    committing: tokio::sync::Mutex<()>,
+}
+
+impl SubscriptionShared {
+    /// Commits every partition whose settled prefix grew.
+    async fn commit(&self, bus: &KafkaBus, names: &Names) -> Result<(), BusError> {
+        let _one_at_a_time = self.committing.lock().await;
+        let pending: Vec<(String, i32, i64)> = {
+            let state = lock(&self.state);
+            state
+                .offsets
+                .iter()
+                .filter(|o| o.committable() > o.committed)
+                .map(|o| (o.topic.clone(), o.partition, o.committable()))
+                .collect()
+        };
+        if pending.is_empty() || !self.alive.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        bus.shared.groups.commit(&names.group, &pending).await?;
+        let mut state = lock(&self.state);
+        for (topic, partition, offset) in pending {
+            if let Some(o) =
+                state.offsets.iter_mut().find(|o| o.topic == topic && o.partition == partition)
+            {
+                o.committed = o.committed.max(offset);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One consumer's reader of the events topic and its retry topic.
+struct KafkaSubscription {
+    bus: KafkaBus,
+    names: Arc<Names>,
+    bound: Arc<Mutex<BTreeSet<String>>>,
+    cursors: Vec<Cursor>,
+    shared: Arc<SubscriptionShared>,
+    prefetch: u16,
+    /// Where the next look for a ready record starts (partitions take turns).
+    turn: usize,
+}
+
+impl std::fmt::Debug for KafkaSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSubscription")
+            .field("group", &self.names.group)
+            .field("partitions", &self.cursors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KafkaSubscription {
+    /// The group's offsets stay before the unsettled deliveries: the next subscription
+    /// gets them again.
+    fn drop(&mut self) {
+        self.shared.alive.store(false, Ordering::SeqCst);
+        self.shared.settled.notify_waiters();
+    }
+}
+
+/// What to do with the record at the head of a partition.
+enum Head {
+    /// Not for this consumer (a type it is not bound to): pass over it.
+    Skip,
+    /// Not a valid event: to the dead-letter topic.
+    Malformed(u32),
+    /// A retry not yet due.
+    Wait(u64),
+    /// Deliver it.
+    Deliver(Box<Event>, u32),
+}
+
+impl KafkaSubscription {
+    fn classify(&self, cursor: &Cursor, record: &Record, now: u64) -> Head {
+        let attempt = header_u64(record, ATTEMPT_HEADER)
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1)
+            .max(1);
+        if cursor.retry {
+            if let Some(due) = header_u64(record, DUE_HEADER).filter(|due| *due > now) {
+                return Head::Wait(due);
+            }
+        } else if let Some(type_) = record.headers.get(TYPE_HEADER)
+            && !lock(&self.bound).iter().any(|bound| bound.as_bytes() == type_.as_slice())
+        {
+            return Head::Skip;
+        }
+        match record.value.as_deref().map(Event::from_json_bytes) {
+            Some(Ok(event)) if cursor.retry || lock(&self.bound).contains(&event.type_) => {
+                Head::Deliver(Box::new(event), attempt)
+            }
+            Some(Ok(_)) => Head::Skip,
+            _ => Head::Malformed(attempt),
+        }
+    }
+
+    /// Marks the head of cursor `index` as passed (skipped or delivered).
+    fn pass(&mut self, index: usize, delivered: bool) -> Option<RecordAndOffset> {
+        let taken = self.cursors[index].buffer.pop_front()?;
+        let mut state = lock(&self.shared.state);
+        let offsets = &mut state.offsets[index];
+        offsets.handed = offsets.handed.max(taken.offset + 1);
+        if delivered {
+            offsets.in_flight.insert(taken.offset);
+            state.unsettled += 1;
+        }
+        Some(taken)
+    }
+
+    /// The next deliverable record among the buffers, passing over what is not for this
+    /// consumer; `Err(Some(due))` when only retries not yet due are buffered.
+    async fn take_ready(&mut self) -> Result<Result<Delivery, Option<u64>>, BusError> {
+        let mut earliest_due: Option<u64> = None;
+        let count = self.cursors.len();
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            loop {
+                let Some(head) = self.cursors[index].buffer.front() else { break };
+                let offset = head.offset;
+                match self.classify(&self.cursors[index], &head.record, now_ms()) {
+                    Head::Skip => {
+                        self.pass(index, false);
+                    }
+                    Head::Wait(due) => {
+                        earliest_due = Some(earliest_due.map_or(due, |d| d.min(due)));
+                        break;
+                    }
+                    Head::Malformed(attempt) => {
+                        tracing::warn!(
+                            group = %self.names.group,
+                            offset,
+                            "not a valid event: moved to the dead-letter topic"
+                        );
+                        let record = head.record.clone();
+                        self.bus
+                            .dead_letter(&self.names, record, attempt, DeadLetterReason::Malformed)
+                            .await?;
+                        self.pass(index, false);
+                    }
+                    Head::Deliver(event, attempt) => {
+                        self.mark_delivered(index, offset).await?;
+                        let Some(taken) = self.pass(index, true) else { break };
+                        self.turn = (index + 1) % count;
+                        METRICS.delivered(&self.names.consumer);
+                        let settle = KafkaSettle {
+                            bus: self.bus.clone(),
+                            names: self.names.clone(),
+                            shared: self.shared.clone(),
+                            index,
+                            offset,
+                            attempt,
+                            record: taken.record,
+                        };
+                        let redelivered = offset < self.cursors[index].redelivered_below;
+                        return Ok(Ok(Delivery::new(
+                            *event,
+                            attempt,
+                            redelivered,
+                            Box::new(settle),
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Err(earliest_due))
+    }
+
+    /// Records in the delivered group that `offset` is handed out, before it is.
+    async fn mark_delivered(&self, index: usize, offset: i64) -> Result<(), BusError> {
+        let (topic, partition, mark) = {
+            let state = lock(&self.shared.state);
+            let o = &state.offsets[index];
+            (o.topic.clone(), o.partition, o.delivered_mark)
+        };
+        if offset < mark {
+            return Ok(());
+        }
+        let groups = &self.bus.shared.groups;
+        groups.commit(&self.names.delivered_group, &[(topic, partition, offset + 1)]).await?;
+        let mut state = lock(&self.shared.state);
+        let o = &mut state.offsets[index];
+        o.delivered_mark = o.delivered_mark.max(offset + 1);
+        Ok(())
+    }
+
+    /// Fetches the partitions with empty buffers until one of them has records, the next
+    /// retry is due, or the fetch wait is over.
+    async fn fill(&mut self, due_ms: Option<u64>) -> Result<(), BusError> {
+        let wait_ms = i32::try_from(self.bus.shared.options.fetch_wait_ms).unwrap_or(i32::MAX);
+        let timeout = Duration::from_millis(self.bus.shared.options.operation_timeout_ms);
+        let mut fetches = tokio::task::JoinSet::new();
+        for (index, cursor) in self.cursors.iter().enumerate() {
+            if cursor.buffer.is_empty() {
+                let (client, position) = (cursor.client.clone(), cursor.position);
+                fetches.spawn(async move {
+                    let fetched =
+                        tokio::time::timeout(timeout, fetch(&client, position, wait_ms)).await;
+                    (index, fetched)
+                });
+            }
+        }
+        let due = due_ms.map(|due| {
+            tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
+        });
+        let due_sleep = async {
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(due_sleep);
+        let waited_enough =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.unsigned_abs().into());
+        loop {
+            let joined = tokio::select! {
+                joined = fetches.join_next() => joined,
+                () = &mut due_sleep => return Ok(()),
+            };
+            let Some(joined) = joined else {
+                // Every partition answered empty; a broker that answers an empty partition
+                // at once (not after the fetch wait) is not asked again before it is over.
+                tokio::select! {
+                    () = tokio::time::sleep_until(waited_enough) => {}
+                    () = &mut due_sleep => {}
+                }
+                return Ok(());
+            };
+            let got_records = self.take_fetched(joined)?;
+            if got_records {
+                // Keep what else has already arrived; the rest is cancelled.
+                while let Some(joined) = fetches.try_join_next() {
+                    self.take_fetched(joined)?;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn take_fetched(
+        &mut self,
+        joined: Result<
+            (usize, Result<Fetched, tokio::time::error::Elapsed>),
+            tokio::task::JoinError,
+        >,
+    ) -> Result<bool, BusError> {
+        let (index, fetched) = joined.map_err(|e| broker("fetch", e))?;
+        let (records, _high) = fetched
+            .map_err(|_| BusError::Unavailable("fetch: no answer in time".into()))?
+            .map_err(|e| broker("fetch", e))?;
+        let cursor = &mut self.cursors[index];
+        let fresh: Vec<RecordAndOffset> =
+            records.into_iter().filter(|r| r.offset >= cursor.position).collect();
+        if let Some(last) = fresh.last() {
+            cursor.position = last.offset + 1;
+        }
+        let got = !fresh.is_empty();
+        cursor.buffer.extend(fresh);
+        Ok(got)
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            // Registered before looking, so a settlement between the look and the wait
+            // wakes us.
+            let shared = self.shared.clone();
+            let settled = shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if lock(&shared.state).unsettled >= usize::from(self.prefetch) {
+                settled.await;
+                continue;
+            }
+            let due = match Box::pin(self.take_ready()).await? {
+                Ok(delivery) => return Ok(delivery),
+                Err(due) => due,
+            };
+            Box::pin(self.fill(due)).await?;
+            // What was passed over (other types) may be committed now.
+            if lock(&self.shared.state).unsettled == 0 {
+                self.shared.commit(&self.bus, &self.names).await?;
+            }
+        }
+    }
+
+    fn prefetch(&self) -> u16 {
+        self.prefetch
+    }
+}
+
+/// One unsettled delivery: its partition, offset and record.
+struct KafkaSettle {
+    bus: KafkaBus,
+    names: Arc<Names>,
+    shared: Arc<SubscriptionShared>,
+    index: usize,
+    offset: i64,
+    attempt: u32,
+    record: Record,
+}
+
+impl std::fmt::Debug for KafkaSettle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettle")
+            .field("group", &self.names.group)
+            .field("offset", &self.offset)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Settle for KafkaSettle {
+    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<(), BusError> {
+        let Self { bus, names, shared, index, offset, attempt, mut record } = *self;
+        if !shared.alive.load(Ordering::SeqCst) {
+            return Err(BusError::NotInFlight);
+        }
+        let retry = bus.shared.options.retry;
+        // The copy is stored before the offset may move past the original.
+        match outcome {
+            Outcome::Ack => {}
+            Outcome::Retry if attempt >= retry.max_attempts => {
+                bus.dead_letter(&names, record, attempt, DeadLetterReason::MaxAttempts).await?;
+            }
+            Outcome::Retry => {
+                let due = now_ms().saturating_add(retry.backoff_ms(attempt));
+                record
+                    .headers
+                    .insert(ATTEMPT_HEADER.into(), (attempt + 1).to_string().into_bytes());
+                record.headers.insert(DUE_HEADER.into(), due.to_string().into_bytes());
+                record.timestamp = timestamp(now_ms());
+                let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let partitions = i32::try_from(
+                    lock(&shared.state).offsets.iter().filter(|o| o.topic == names.retry).count(),
+                )
+                .unwrap_or(1);
+                let partition = partition_of(&key, partitions);
+                bus.produce(&names.retry, partition, record).await?;
+            }
+            Outcome::Reject => {
+                bus.dead_letter(&names, record, attempt, DeadLetterReason::Rejected).await?;
+            }
+        }
+        {
+            let mut state = lock(&shared.state);
+            if !state.offsets[index].in_flight.remove(&offset) {
+                return Err(BusError::NotInFlight);
+            }
+            state.unsettled = state.unsettled.saturating_sub(1);
+        }
+        shared.settled.notify_waiters();
+        match outcome {
+            Outcome::Ack => METRICS.acked(&names.consumer),
+            Outcome::Retry if attempt < retry.max_attempts => METRICS.retried(&names.consumer),
+            Outcome::Retry | Outcome::Reject => {}
+        }
+        if !shared.alive.load(Ordering::SeqCst) {
+            return Err(BusError::NotInFlight);
+        }
+        shared.commit(&bus, &names).await
+    }
+}
+
+/// The consumer-group requests rskafka does not speak: FindCoordinator (v0), OffsetCommit
+/// (v2) and OffsetFetch (v1), over connections of their own to each group's coordinator.
+struct Groups {
+    bootstrap: Vec<String>,
+    timeout: Duration,
+    link: tokio::sync::Mutex<GroupLink>,
+}
+
+#[derive(Default)]
+struct GroupLink {
+    /// Coordinator address by group.
+    coordinators: HashMap<String, String>,
+    /// Idle connections by address.
+    connections: HashMap<String, TcpStream>,
+    correlation: i32,
+}
+
+const FIND_COORDINATOR: (i16, i16) = (10, 0);
+const OFFSET_COMMIT: (i16, i16) = (8, 2);
+const OFFSET_FETCH: (i16, i16) = (9, 1);
+/// Errors after which the coordinator is looked up again (Kafka protocol error codes
+/// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR).
+const COORDINATOR_ERRORS: [i16; 3] = [14, 15, 16];
+
+/// Kafka protocol encoding (big-endian, strings with an `i16` length).
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn i16(&mut self, n: i16) -> &mut Self {
+        self.0.extend(n.to_be_bytes());
+        self
+    }
+    fn i32(&mut self, n: i32) -> &mut Self {
+        self.0.extend(n.to_be_bytes());
+        self
+    }
+    fn i64(&mut self, n: i64) -> &mut Self {
+        self.0.extend(n.to_be_bytes());
+        self
+    }
+    fn string(&mut self, s: &str) -> Result<&mut Self, BusError> {
+        let len = i16::try_from(s.len())
+            .map_err(|_| BusError::InvalidOptions(format!("{s:?} is too long for Kafka")))?;
+        self.i16(len);
+        self.0.extend(s.as_bytes());
+        Ok(self)
+    }
+    fn count(&mut self, n: usize) -> Result<&mut Self, BusError> {
+        let n = i32::try_from(n).map_err(|_| BusError::InvalidOptions("array too long".into()))?;
+        Ok(self.i32(n))
+    }
+}
+
+/// Kafka protocol decoding of one response.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], BusError> {
+        let Some((head, rest)) = self.0.split_first_chunk::<N>() else {
+            return Err(BusError::Unavailable(
+                "truncated answer from the group coordinator".into(),
+            ));
+        };
+        self.0 = rest;
+        Ok(*head)
+    }
+    fn i16(&mut self) -> Result<i16, BusError> {
+        self.take().map(i16::from_be_bytes)
+    }
+    fn i32(&mut self) -> Result<i32, BusError> {
+        self.take().map(i32::from_be_bytes)
+    }
+    fn i64(&mut self) -> Result<i64, BusError> {
+        self.take().map(i64::from_be_bytes)
+    }
+    fn count(&mut self) -> Result<usize, BusError> {
+        Ok(usize::try_from(self.i32()?).unwrap_or(0))
+    }
+    /// A nullable string.
+    fn string(&mut self) -> Result<Option<String>, BusError> {
+        let Ok(len) = usize::try_from(self.i16()?) else { return Ok(None) };
+        if self.0.len() < len {
+            return Err(BusError::Unavailable(
+                "truncated answer from the group coordinator".into(),
+            ));
+        }
+        let (text, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(Some(String::from_utf8_lossy(text).into_owned()))
+    }
+}
+
+impl Groups {
+    fn new(bootstrap: Vec<String>, timeout: Duration) -> Self {
+        Self { bootstrap, timeout, link: tokio::sync::Mutex::default() }
+    }
+
+    /// Commits `offsets` (topic, partition, next offset to read) for `group`, as a group
+    /// without members (generation -1) does.
+    async fn commit(&self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+        let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+        for (topic, partition, offset) in offsets {
+            by_topic.entry(topic).or_default().push((*partition, *offset));
+        }
+        let mut body = Writer::default();
+        body.string(group)?.i32(-1).string("")?.i64(-1).count(by_topic.len())?;
+        for (topic, partitions) in &by_topic {
+            body.string(topic)?.count(partitions.len())?;
+            for (partition, offset) in partitions {
+                body.i32(*partition).i64(*offset).string("")?;
+            }
+        }
+        let answer = self.call(group, OFFSET_COMMIT, &body.0).await?;
+        let mut r = Reader(&answer);
+        for _ in 0..r.count()? {
+            let topic = r.string()?.unwrap_or_default();
+            for _ in 0..r.count()? {
+                let partition = r.i32()?;
+                let code = r.i16()?;
+                if code != 0 {
+                    self.forget_on(group, code).await;
+                    return Err(BusError::Unavailable(format!(
+                        "OffsetCommit {group} {topic}/{partition}: error code {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed offsets of `group` (-1 where there is none).
+    async fn fetch(
+        &self,
+        group: &str,
+        topics: &[(String, Vec<i32>)],
+    ) -> Result<HashMap<(String, i32), i64>, BusError> {
+        let mut body = Writer::default();
+        body.string(group)?.count(topics.len())?;
+        for (topic, partitions) in topics {
+            body.string(topic)?.count(partitions.len())?;
+            for partition in partitions {
+                body.i32(*partition);
+            }
+        }
+        let answer = self.call(group, OFFSET_FETCH, &body.0).await?;
+        let mut r = Reader(&answer);
+        let mut offsets = HashMap::new();
+        for _ in 0..r.count()? {
+            let topic = r.string()?.unwrap_or_default();
+            for _ in 0..r.count()? {
+                let partition = r.i32()?;
+                let offset = r.i64()?;
+                let _metadata = r.string()?;
+                let code = r.i16()?;
+                if code != 0 {
+                    self.forget_on(group, code).await;
+                    return Err(BusError::Unavailable(format!(
+                        "OffsetFetch {group} {topic}/{partition}: error code {code}"
+                    )));
+                }
+                offsets.insert((topic.clone(), partition), offset);
+            }
+        }
+        Ok(offsets)
+    }
+
+    async fn forget_on(&self, group: &str, code: i16) {
+        if COORDINATOR_ERRORS.contains(&code) {
+            self.link.lock().await.coordinators.remove(group);
+        }
+    }
+
+    /// One request to `group`'s coordinator; the answer without its header.
+    async fn call(&self, group: &str, api: (i16, i16), body: &[u8]) -> Result<Vec<u8>, BusError> {
+        let exchange = async {
+            let mut link = self.link.lock().await;
+            let coordinator = match link.coordinators.get(group) {
+                Some(address) => address.clone(),
+                None => {
+                    let address = self.find_coordinator(&mut link, group).await?;
+                    link.coordinators.insert(group.to_owned(), address.clone());
+                    address
+                }
+            };
+            let answer = request(&mut link, &coordinator, api, body).await;
+            if answer.is_err() {
+                link.coordinators.remove(group);
+            }
+            answer
+        };
+        tokio::time::timeout(self.timeout, exchange).await.unwrap_or_else(|_| {
+            Err(BusError::Unavailable(format!(
+                "group coordinator of {group}: no answer within {:?}",
+                self.timeout
+            )))
+        })
+    }
+
+    async fn find_coordinator(
+        &self,
+        link: &mut GroupLink,
+        group: &str,
+    ) -> Result<String, BusError> {
+        let mut body = Writer::default();
+        body.string(group)?;
+        let mut last_error = BusError::Unavailable("no bootstrap broker".into());
+        for address in &self.bootstrap {
+            match request(link, address, FIND_COORDINATOR, &body.0).await {
+                Ok(answer) => {
+                    let mut r = Reader(&answer);
+                    let code = r.i16()?;
+                    let _node = r.i32()?;
+                    let host = r.string()?.unwrap_or_default();
+                    let port = r.i32()?;
+                    if code != 0 {
+                        return Err(BusError::Unavailable(format!(
+                            "FindCoordinator {group}: error code {code}"
+                        )));
+                    }
+                    return Ok(format!("{host}:{port}"));
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// Sends one request on an idle connection to `address` (opening one if needed) and reads
+/// its answer. A connection is put back only after a complete exchange, so one abandoned
+/// half-way is never reused.
+async fn request(
+    link: &mut GroupLink,
+    address: &str,
+    (api_key, api_version): (i16, i16),
+    body: &[u8],
+) -> Result<Vec<u8>, BusError> {
+    let context = |e: std::io::Error| broker(&format!("group coordinator {address}"), e);
+    let mut stream = match link.connections.remove(address) {
+        Some(stream) => stream,
+        None => TcpStream::connect(address).await.map_err(context)?,
+    };
+    link.correlation = link.correlation.wrapping_add(1);
+    let correlation = link.correlation;
+    let mut frame = Writer::default();
+    frame.i32(0).i16(api_key).i16(api_version).i32(correlation).string(CLIENT_ID)?;
+    frame.0.extend(body);
+    let size = i32::try_from(frame.0.len() - 4)
+        .map_err(|_| BusError::InvalidOptions("request too large".into()))?;
+    frame.0[..4].copy_from_slice(&size.to_be_bytes());
+    stream.write_all(&frame.0).await.map_err(context)?;
+    let size = usize::try_from(stream.read_i32().await.map_err(context)?).unwrap_or(0);
+    if !(4..=MAX_RESPONSE_BYTES).contains(&size) {
+        return Err(broker(
+            &format!("group coordinator {address}"),
+            format!("answer of {size} bytes"),
+        ));
+    }
+    let mut answer = vec![0; size];
+    stream.read_exact(&mut answer).await.map_err(context)?;
+    let mut r = Reader(&answer);
+    if r.i32()? != correlation {
+        return Err(broker(&format!("group coordinator {address}"), "answer to another request"));
+    }
+    link.connections.insert(address.to_owned(), stream);
+    Ok(answer.split_off(4))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_keys_as_kafka_does() {
+        // Vectors from Apache Kafka's UtilsTest.testMurmur2.
+        let cases: [(&str, i32); 4] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2(key.as_bytes()).cast_signed(), expected, "{key}");
+        }
+        assert_eq!(partition_of("acct-1", 1), 0);
+        assert!((0..8).contains(&partition_of("acct-1", 8)));
+    }
+
+    #[test]
+    fn parses_broker_lists() {
+        assert_eq!(parse_brokers("kafka://127.0.0.1:9092").unwrap(), ["127.0.0.1:9092"]);
+        assert_eq!(parse_brokers("kafka://a:1,b:2/").unwrap(), ["a:1", "b:2"]);
+        for bad in ["127.0.0.1:9092", "kafka://", "kafka://a", "kafka://a:x", "kafka://a:1,"] {
+            assert!(parse_brokers(bad).is_err(), "{bad}");
+        }
+    }
+}
