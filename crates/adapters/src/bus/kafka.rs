@@ -611,7 +611,8 @@ impl EventBus for KafkaBus {
         let mut letters = Vec::new();
         let mut position = earliest;
         while letters.len() < max && position < high {
-            let (records, _) = self.timed("fetch", fetch(&client, position, IMMEDIATE_WAIT_MS)).await?;
+            let (records, _) =
+                self.timed("fetch", fetch(&client, position, IMMEDIATE_WAIT_MS)).await?;
             if records.is_empty() {
                 break;
             }
@@ -825,8 +826,7 @@ impl KafkaSubscription {
         let count = self.cursors.len();
         for step in 0..count {
             let index = (self.turn + step) % count;
-            loop {
-                let Some(head) = self.cursors[index].buffer.front() else { break };
+            while let Some(head) = self.cursors[index].buffer.front() {
                 let offset = head.offset;
                 match self.classify(&self.cursors[index], &head.record, now_ms()) {
                     Head::Skip => {
