@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use ferrobank_domain::audit::{
     AuditAction, AuditActor, AuditRecord, ChainBreak, FIRST_SEQ, NewAuditEntry, verify_after,
 };
+use ferrobank_domain::{Principal, Role};
 
 use crate::ports::StoreError;
 
@@ -51,6 +52,13 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
     async fn read(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
     /// Records matching `query`, in `seq` order, one page at a time.
     async fn query(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+}
+
+/// Whether `principal` may read the audit trail and the activity log: `compliance-officer`
+/// only. `None` is authentication turned off (loopback development), where every caller
+/// may, as for every other use case.
+pub fn may_read_audit(principal: Option<&Principal>) -> bool {
+    principal.is_none_or(|principal| principal.has_role(Role::ComplianceOfficer))
 }
 
 /// Reads the whole stream page by page and verifies the chain: the number of records, or

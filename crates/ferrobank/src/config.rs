@@ -49,8 +49,36 @@ pub struct Config {
     pub payments: PaymentsSettings,
     /// The risk rules every payment is checked against (see `crates/domain/src/risk.rs`).
     pub risk: ferrobank_domain::RiskRulesConfig,
+    /// Where the audit trail and the enriched activity log are kept.
+    pub audit: AuditSettings,
     /// Longest graceful shutdown before in-flight work is abandoned, in milliseconds.
     pub shutdown_timeout_ms: u64,
+}
+
+/// `[audit]`: the hash-chained audit trail and the enriched activity log
+/// (`crate::audit::open`, also what `ferrobank audit verify` reads).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// MongoDB (`mongodb://host:port/...`) holding both; unset: the SQL database (tables
+    /// `audit_records` and `activity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mongo_url: Option<String>,
+    /// The MongoDB database.
+    pub mongo_database: String,
+    /// Denied requests waiting to be appended; beyond it they are dropped and counted in
+    /// `ferrobank_audit_dropped_total`, so a flood of refusals never slows requests down.
+    pub denied_queue: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            mongo_url: None,
+            mongo_database: "ferrobank".into(),
+            denied_queue: ferrobank_application::audit_sink::DEFAULT_DENIED_QUEUE,
+        }
+    }
 }
 
 /// The payment gateway simulator's knobs (percentages are integers, 0 to 100).
@@ -478,6 +506,7 @@ impl Default for Config {
             bus: BusSettings::default(),
             payments: PaymentsSettings::default(),
             risk: ferrobank_domain::RiskRulesConfig::default(),
+            audit: AuditSettings::default(),
             shutdown_timeout_ms: 30_000,
         }
     }
@@ -617,6 +646,7 @@ impl Config {
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("psp_sim.max_charges", self.psp_sim.max_charges as u64),
             ("psp_sim.max_body_bytes", self.psp_sim.max_body_bytes as u64),
+            ("audit.denied_queue", self.audit.denied_queue as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
@@ -635,6 +665,11 @@ impl Config {
             oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
         self.psp_sim.knobs().validate().map_err(|e| format!("psp_sim.{e}"))?;
+        if let Some(url) = &self.audit.mongo_url
+            && !url.starts_with("mongodb://")
+        {
+            return Err("audit.mongo_url must start with mongodb:// (a host list; no +srv)".into());
+        }
         Ok(())
     }
 
@@ -650,6 +685,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(redact_url);
+        shown.audit.mongo_url = shown.audit.mongo_url.as_deref().map(redact_url);
         for secret in [&mut shown.identity.dev_password, &mut shown.identity.dev_client_secret] {
             if secret.is_some() {
                 *secret = Some("***".into());

@@ -192,6 +192,11 @@ pub async fn start_roles(
         ledger: ledger.clone(),
         payments: payments.as_ref().filter(|_| roles.accounts).map(|p| p.service.clone()),
         notifications: None,
+        // The audit trail, activity log and denied-access sink: crate::audit::open /
+        // AuditSink::start, wired with the bus.
+        audit: None,
+        activity: None,
+        audit_sink: None,
         idempotency: idempotency.clone(),
         clock: clock.clone(),
         limits: HttpLimits {

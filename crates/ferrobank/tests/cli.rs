@@ -548,3 +548,56 @@ async fn audit_verify_reads_mongodb() {
     assert_eq!(broken_code, 1, "{broken_stdout}");
     assert!(broken_stdout.contains("record seq 2 was removed"), "{broken_stdout}");
 }
+
+/// A row altered in place (a resource rewritten with SQL) is named by `ferrobank audit
+/// verify`, which finds the database like every command (`--data-dir`).
+#[tokio::test]
+async fn audit_verify_names_a_row_altered_in_sql() {
+    use ferrobank_application::AuditLog;
+    let dir = Workdir::new();
+    let config = ferrobank::config::Config {
+        data_dir: dir.0.join("data"),
+        ..ferrobank::config::Config::default()
+    };
+    let store = ferrobank::cli::open_store(&config, true).await.unwrap();
+    let mut appended = Vec::new();
+    for i in 0..4 {
+        appended.push(store.append(audit_entry(i)).await.unwrap());
+    }
+    store.close().await;
+    let pool = sqlx::AnyPool::connect(&config.effective_database_url()).await.unwrap();
+    pool.execute("UPDATE audit_records SET resource = 'payment/forged' WHERE seq = 2")
+        .await
+        .unwrap();
+    pool.close().await;
+    let verify = ["audit", "verify", "--data-dir", "data"];
+    let (code, stdout, stderr) = run(&mut ferrobank(&verify, &dir.0)).await;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let named = format!("record seq 2 (id {}) was altered", appended[1].id);
+    assert!(stdout.contains(&named), "{stdout}");
+}
+
+/// `[audit] mongo_url` from the environment (as `up` reads it) is where `audit verify`
+/// looks, without any flag.
+#[tokio::test]
+async fn audit_verify_follows_the_audit_config_to_mongodb() {
+    use ferrobank_adapters::audit::{MongoAuditLog, MongoAuditOptions};
+    use ferrobank_application::AuditLog;
+    let url = std::env::var("FERROBANK_TEST_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+    let database = format!("fbt_{}", Uuid::new_v4().simple());
+    let options = MongoAuditOptions { database: database.clone(), ..MongoAuditOptions::default() };
+    let log = MongoAuditLog::connect(&url, options).await.unwrap();
+    for i in 0..2 {
+        log.append(audit_entry(i)).await.unwrap();
+    }
+    let dir = Workdir::new();
+    let (code, stdout, stderr) = run(ferrobank(&["audit", "verify"], &dir.0)
+        .env("FERROBANK_AUDIT__MONGO_URL", &url)
+        .env("FERROBANK_AUDIT__MONGO_DATABASE", &database))
+    .await;
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    client.database(&database).drop().await.unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("audit trail OK: 2 records"), "{stdout}");
+}

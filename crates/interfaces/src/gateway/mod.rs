@@ -15,7 +15,7 @@ mod upstream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -29,7 +29,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ferrobank_adapters::istio::plan::{Plan, Token, Verdict};
 use ferrobank_adapters::istio::{BoundRoute, Mesh, fqdn};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
-use ferrobank_application::{RateDecision, RateLimiter, TokenBucket};
+use ferrobank_application::{AccessDenied, AuditSink, RateDecision, RateLimiter, TokenBucket};
 use ferrobank_domain::policy::{Headers, RequestAuth, normalize};
 
 use upstream::Upstream;
@@ -126,6 +126,8 @@ pub struct Gateway {
     limiter: Arc<dyn RateLimiter>,
     validators: Mutex<HashMap<ValidatorKey, Arc<TokenValidator>>>,
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    /// Where its own 401s and 403s are recorded as `access.denied` (unset: nowhere).
+    audit: OnceLock<AuditSink>,
 }
 
 impl Gateway {
@@ -140,10 +142,40 @@ impl Gateway {
             limiter,
             validators: Mutex::default(),
             breakers: Mutex::default(),
+            audit: OnceLock::new(),
         };
         let compiled = gateway.compile()?;
         *gateway.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(compiled);
         Ok(Arc::new(gateway))
+    }
+
+    /// Records the edge's own refusals (401 `Jwt verification fails`, 403 `RBAC: access
+    /// denied`) in `sink` from now on; answers from upstreams are theirs to record. Only the
+    /// first sink given is kept.
+    pub fn record_denials_to(&self, sink: AuditSink) {
+        let _ = self.audit.set(sink);
+    }
+
+    fn record_denied(
+        &self,
+        subject: Option<String>,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        reason: &str,
+        request_id: &str,
+    ) {
+        if let Some(sink) = self.audit.get() {
+            sink.denied(&AccessDenied {
+                subject,
+                method: method.to_string(),
+                path: path.to_owned(),
+                status: status.as_u16(),
+                reason: reason.to_owned(),
+                request_id: Some(request_id.to_owned()),
+                layer: "edge",
+            });
+        }
     }
 
     /// Reloads when a file changed; a broken change is logged and the running config kept.
@@ -459,7 +491,10 @@ impl Gateway {
             Verdict::Allow => {}
             Verdict::Unauthenticated { .. } => {
                 log.decision = "jwt-invalid";
-                let mut response = text(StatusCode::UNAUTHORIZED, "Jwt verification fails");
+                let status = StatusCode::UNAUTHORIZED;
+                let reason = "Jwt verification fails";
+                self.record_denied(None, &parts.method, &path, status, reason, request_id);
+                let mut response = text(status, reason);
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"ferrobank\", error=\"invalid_token\""),
@@ -469,7 +504,14 @@ impl Gateway {
             Verdict::Denied { at, by } => {
                 log.decision = "rbac-denied";
                 tracing::info!(request_id, %at, %by, "RBAC denied");
-                return text(StatusCode::FORBIDDEN, RBAC_DENIED);
+                // Only a verified token's subject: the claims of a refused one are unproven.
+                let subject = auth
+                    .and_then(|auth| auth.claims.get("sub"))
+                    .and_then(|sub| sub.as_str())
+                    .map(str::to_owned);
+                let status = StatusCode::FORBIDDEN;
+                self.record_denied(subject, &parts.method, &path, status, RBAC_DENIED, request_id);
+                return text(status, RBAC_DENIED);
             }
         }
         log.decision = "allowed";

@@ -5,6 +5,7 @@ use axum::response::Html;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
+use super::audit;
 use super::dto;
 use super::idp::admin;
 use super::ledger;
@@ -27,6 +28,7 @@ use super::problem::{PROBLEM_JSON, Problem};
         notifications::create_webhook, notifications::list_webhooks, notifications::get_webhook,
         notifications::delete_webhook, notifications::list_deliveries,
         notifications::replay_delivery,
+        audit::list_audit, audit::verify_audit, audit::list_activity,
         admin::list_users, admin::create_user, admin::get_user, admin::update_user,
         admin::delete_user, admin::reset_password, admin::user_roles, admin::add_roles,
         admin::remove_roles, admin::list_roles, admin::rotate_keys,
@@ -43,12 +45,15 @@ use super::problem::{PROBLEM_JSON, Problem};
         notifications::DeliveryDto, notifications::DeliveryAttemptDto,
         notifications::DeliveryPageDto,
         payments::CreatePaymentRequest, payments::PaymentDto, payments::PaymentPageDto,
+        audit::AuditRecordDto, audit::AuditActorDto, audit::AuditPageDto, audit::AuditVerifyDto,
+        audit::ChainBreakDto, audit::ActivityDto, audit::ActivityPageDto,
     )),
     tags((name = "accounts", description = "Open accounts, read balances and history"),
          (name = "transfers", description = "Move money: posted transfers, holds, posts and voids"),
          (name = "payments", description = "Payments (Idempotency-Key required): risk-checked, held on the ledger, settled by the payment worker; events on the bus"),
          (name = "risk", description = "Payments held by the risk check, for `risk-analyst`"),
          (name = "notifications", description = "In-app notifications of payment events, and webhooks signed the Standard Webhooks way (`webhook-id`, `webhook-timestamp`, `webhook-signature`) with a delivery log, retries and replay"),
+         (name = "audit", description = "The hash-chained audit trail (every platform event, every refused request as `access.denied`), its verification, and the enriched payment activity; `compliance-officer` only"),
          (name = "admin", description = "Identity provider administration (Keycloak-shaped), for `banking-admin`. The OpenID Connect endpoints themselves are described by each realm's discovery document, `/realms/{realm}/.well-known/openid-configuration`.")),
 )]
 pub struct ApiDoc;

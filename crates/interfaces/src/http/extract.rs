@@ -7,11 +7,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ferrobank_adapters::oidc::TokenError;
+use ferrobank_application::AccessDenied;
 use ferrobank_domain::Principal;
 use serde::de::DeserializeOwned;
 
-use super::AppState;
-use super::problem::{Challenge, Problem};
+use super::problem::{Challenge, Problem, ProblemCode};
+use super::{AppState, REQUEST_ID};
 
 /// JSON body. Malformed JSON is 400, a wrong or unknown field 422, a body over the limit
 /// 413, a missing `Content-Type: application/json` 415.
@@ -129,52 +130,93 @@ impl Caller {
 
 /// Middleware of every `/api` operation: with authentication on, validates the bearer
 /// token and records the `Caller` (401 without one or with a bad one, 503 while the
-/// IdP's keys cannot be read); with it off, every caller is `Anonymous`.
-pub async fn authenticate(
-    State(state): State<AppState>,
+/// IdP's keys cannot be read); with it off, every caller is `Anonymous`. Every 401 and 403
+/// answered below it (authentication here, refusals of the handlers) is handed to the
+/// audit sink as `access.denied`, without waiting for it.
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(sink) = state.audit_sink.clone() else {
+        return authenticate_inner(&state, request, next).await.0;
+    };
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let request_id =
+        request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (response, subject) = authenticate_inner(&state, request, next).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let reason = response
+            .extensions()
+            .get::<ProblemCode>()
+            .map_or_else(|| status.as_str().to_owned(), |code| code.0.clone());
+        sink.denied(&AccessDenied {
+            subject,
+            method,
+            path,
+            status: status.as_u16(),
+            reason,
+            request_id,
+            layer: "api",
+        });
+    }
+    response
+}
+
+/// [`authenticate`] itself; also returns the validated subject, if any.
+async fn authenticate_inner(
+    state: &AppState,
     mut request: Request,
     next: Next,
-) -> Response {
+) -> (Response, Option<String>) {
     let caller = match &state.auth {
         None => Caller::Anonymous,
         Some(validator) => match bearer_token(request.headers()) {
             None => {
-                return Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "Authentication required",
-                )
-                .detail("send an access token as Authorization: Bearer <token>")
-                .challenge(Challenge::Bearer)
-                .into_response();
+                return (
+                    Problem::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "Authentication required",
+                    )
+                    .detail("send an access token as Authorization: Bearer <token>")
+                    .challenge(Challenge::Bearer)
+                    .into_response(),
+                    None,
+                );
             }
             Some(token) => match validator.validate(token).await {
                 Ok(principal) => Caller::User(principal),
                 Err(TokenError::KeysUnavailable) => {
-                    return Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "idp_unavailable",
-                        "Identity provider unavailable",
-                    )
-                    .detail("the token signing keys cannot be read right now; retry shortly")
-                    .retry_after(5)
-                    .into_response();
+                    return (
+                        Problem::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "idp_unavailable",
+                            "Identity provider unavailable",
+                        )
+                        .detail("the token signing keys cannot be read right now; retry shortly")
+                        .retry_after(5)
+                        .into_response(),
+                        None,
+                    );
                 }
                 Err(error) => {
-                    return Problem::new(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_token",
-                        "Invalid access token",
-                    )
-                    .detail(error.to_string())
-                    .challenge(Challenge::InvalidToken)
-                    .into_response();
+                    return (
+                        Problem::new(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_token",
+                            "Invalid access token",
+                        )
+                        .detail(error.to_string())
+                        .challenge(Challenge::InvalidToken)
+                        .into_response(),
+                        None,
+                    );
                 }
             },
         },
     };
+    let subject = caller.principal().map(|principal| principal.subject.clone());
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    (next.run(request).await, subject)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).

@@ -1,5 +1,6 @@
 //! The HTTP API: one axum router for the ledger service plus health, metrics and docs.
 
+pub mod audit;
 mod docs;
 pub mod dto;
 pub mod extract;
@@ -65,6 +66,12 @@ pub struct AppState {
     pub payments: Option<ferrobank_application::payments::PaymentService>,
     /// Notifications and webhooks; `None`: their routes answer 404.
     pub notifications: Option<ferrobank_application::NotificationService>,
+    /// The audit trail `GET /api/audit` reads; `None`: its routes answer 404.
+    pub audit: Option<Arc<dyn ferrobank_application::AuditLog>>,
+    /// The enriched activity log `GET /api/activity` reads; `None`: 404.
+    pub activity: Option<Arc<dyn ferrobank_application::ActivityLog>>,
+    /// Where every 401 and 403 of `/api` is recorded as `access.denied`; `None`: nowhere.
+    pub audit_sink: Option<ferrobank_application::AuditSink>,
     /// Whether this process serves the ledger API (`/api/accounts`, `/api/transfers`).
     pub api: bool,
 }
@@ -100,6 +107,9 @@ pub fn router(state: AppState) -> Router {
             "/api/webhooks/{id}/deliveries/{delivery_id}/replay",
             post(notifications::replay_delivery),
         )
+        .route("/api/audit", get(audit::list_audit))
+        .route("/api/audit/verify", get(audit::verify_audit))
+        .route("/api/activity", get(audit::list_activity))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotency))
         // Outermost: nothing (not even an idempotency claim) happens for an unknown caller.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), extract::authenticate));

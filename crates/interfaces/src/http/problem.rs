@@ -112,12 +112,21 @@ impl Problem {
     }
 }
 
+/// The stable code of a problem response (the last segment of its `type`), kept in the
+/// response's extensions for middleware (the audit of denied requests) to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProblemCode(pub String);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        let code = ProblemCode(
+            self.type_uri.strip_prefix(PROBLEM_BASE).unwrap_or(&self.type_uri).to_owned(),
+        );
         let retry_after = self.retry_after_s;
         let challenge = self.www_authenticate;
         let mut response = (status, axum::Json(self)).into_response();
+        response.extensions_mut().insert(code);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = retry_after {
