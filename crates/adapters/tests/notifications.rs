@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_adapters::{Backend, SqlStore};
 use ferrobank_application::notifications::{
-    AttemptRecord, DeliveryAttempt, DeliveryStatus, Notification, NotificationStore,
-    ReplayOutcome, WebhookDelivery, WebhookEndpoint, generate_secret,
+    AttemptRecord, DeliveryAttempt, DeliveryStatus, Notification, NotificationStore, ReplayOutcome,
+    WebhookDelivery, WebhookEndpoint, generate_secret,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -84,8 +84,9 @@ fn delivery(endpoint: &WebhookEndpoint, event_id: &str, due_ms: i64) -> WebhookD
         event_id: event_id.into(),
         event_type: "transaction.completed".into(),
         message_id: format!("msg_{}", id.simple()),
-        payload: r#"{"type":"transaction.completed","timestamp":"2025-06-15T12:00:00.000Z","data":{}}"#
-            .into(),
+        payload:
+            r#"{"type":"transaction.completed","timestamp":"2025-06-15T12:00:00.000Z","data":{}}"#
+                .into(),
         status: DeliveryStatus::Pending,
         series: 1,
         attempts: 0,
@@ -147,7 +148,10 @@ async fn endpoints_are_bounded_per_owner_listed_newest_first_and_disabled(db: &T
 
     // Disabling frees a slot, keeps the endpoint readable and cancels its pending work.
     let pending = delivery(&registered[0], "ev-1", NOW);
-    store.record_event(&notification("alice", "ev-1"), &[pending.clone()]).await.unwrap();
+    store
+        .record_event(&notification("alice", "ev-1"), std::slice::from_ref(&pending))
+        .await
+        .unwrap();
     store.disable_endpoint(registered[0].id, NOW + 5).await.unwrap();
     store.disable_endpoint(registered[0].id, NOW + 9).await.unwrap();
     let disabled = store.endpoint(registered[0].id).await.unwrap().unwrap();
@@ -227,8 +231,8 @@ async fn claims_lease_deliveries_and_only_the_holder_records(db: &TestDatabase) 
     store.insert_endpoint(&e, 10).await.unwrap();
     let due = delivery(&e, "ev-1", NOW);
     let later = delivery(&e, "ev-2", NOW + 60_000);
-    store.record_event(&notification("alice", "ev-1"), &[due.clone()]).await.unwrap();
-    store.record_event(&notification("alice", "ev-2"), &[later.clone()]).await.unwrap();
+    store.record_event(&notification("alice", "ev-1"), std::slice::from_ref(&due)).await.unwrap();
+    store.record_event(&notification("alice", "ev-2"), std::slice::from_ref(&later)).await.unwrap();
 
     let claimed = store.claim_due(NOW, NOW + 1_000, 10).await.unwrap();
     assert_eq!(claimed.len(), 1, "only what is due");
@@ -259,10 +263,14 @@ async fn claims_lease_deliveries_and_only_the_holder_records(db: &TestDatabase) 
     let delivered = store.delivery(due.id).await.unwrap().unwrap();
     assert_eq!(delivered.status, DeliveryStatus::Delivered);
     assert_eq!(delivered.next_attempt_at_ms, None);
-    assert!(store.claim_due(i64::MAX / 2, i64::MAX / 2, 10).await.unwrap().iter().all(|c| c
-        .delivery
-        .id
-        != due.id));
+    assert!(
+        store
+            .claim_due(i64::MAX / 2, i64::MAX / 2, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.delivery.id != due.id)
+    );
     assert_eq!(store.delivery(later.id).await.unwrap().unwrap().attempts, 0);
 }
 
@@ -271,7 +279,7 @@ async fn replay_starts_a_new_series_of_the_same_message(db: &TestDatabase) {
     let e = endpoint("alice", &["transaction.completed"]);
     store.insert_endpoint(&e, 10).await.unwrap();
     let d = delivery(&e, "ev-1", NOW);
-    store.record_event(&notification("alice", "ev-1"), &[d.clone()]).await.unwrap();
+    store.record_event(&notification("alice", "ev-1"), std::slice::from_ref(&d)).await.unwrap();
     assert_eq!(store.replay(d.id, NOW).await.unwrap(), ReplayOutcome::InProgress);
     assert_eq!(store.replay(Uuid::now_v7(), NOW).await.unwrap(), ReplayOutcome::NotFound);
 
@@ -295,7 +303,8 @@ async fn replay_starts_a_new_series_of_the_same_message(db: &TestDatabase) {
     let ok = record(&again[0].delivery, 1, Some(200), DeliveryStatus::Delivered, None);
     assert!(store.record_attempt(again[0].claim, &ok, NOW + 11).await.unwrap());
     let page = store.deliveries(e.id, None, 10).await.unwrap();
-    let log: Vec<(u32, u32)> = page.items[0].attempts.iter().map(|a| (a.series, a.attempt)).collect();
+    let log: Vec<(u32, u32)> =
+        page.items[0].attempts.iter().map(|a| (a.series, a.attempt)).collect();
     assert_eq!(log, [(1, 1), (2, 1)]);
 }
 
@@ -306,7 +315,10 @@ async fn concurrent_deliverers_never_claim_the_same_delivery(db: &TestDatabase) 
     let total = 40;
     for i in 0..total {
         let event = format!("ev-{i}");
-        store.record_event(&notification("alice", &event), &[delivery(&e, &event, NOW)]).await.unwrap();
+        store
+            .record_event(&notification("alice", &event), &[delivery(&e, &event, NOW)])
+            .await
+            .unwrap();
     }
     // Separate pools, as separate replicas would have.
     let mut tasks = Vec::new();
@@ -342,7 +354,7 @@ async fn deliveries_page_with_their_log(db: &TestDatabase) {
     for i in 0..3 {
         let event = format!("ev-{i}");
         let d = delivery(&e, &event, NOW);
-        store.record_event(&notification("alice", &event), &[d.clone()]).await.unwrap();
+        store.record_event(&notification("alice", &event), std::slice::from_ref(&d)).await.unwrap();
         ids.push(d.id);
     }
     let claimed = store.claim_due(NOW, NOW + 1, 10).await.unwrap();

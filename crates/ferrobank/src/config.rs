@@ -43,6 +43,8 @@ pub struct Config {
     pub mesh: MeshSettings,
     /// `ferrobank serve psp-sim`: the external payment gateway simulator.
     pub psp_sim: PspSimSettings,
+    /// In-app notifications and webhooks of payment events.
+    pub notifications: NotificationsSettings,
     /// The event bus the outbox relay publishes to and consumers read from.
     pub bus: BusSettings,
     /// Payments: the payment gateway, the worker, the relay, velocity counters.
@@ -149,6 +151,56 @@ impl PspSimSettings {
         ferrobank_interfaces::psp_sim::Limits {
             max_charges: self.max_charges,
             max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// `[notifications]`: the in-app inbox and signed webhooks (Standard Webhooks) of payment
+/// events. No email: ferrobank carries no SMTP client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsSettings {
+    /// Consume payment events and deliver webhooks (in the processes serving the API).
+    pub enabled: bool,
+    /// Attempts of one webhook delivery, the first included, before it is `failed`.
+    pub max_attempts: u32,
+    /// Wait after failed attempt 1, 2, ... in milliseconds; the last value repeats.
+    pub backoff_ms: Vec<u64>,
+    /// One attempt's timeout (connect, send, first bytes of the answer), in milliseconds.
+    pub timeout_ms: u64,
+    /// Whether `http://` endpoints may be registered (else `https://` only); on for local
+    /// development, turn it off in production.
+    pub allow_http: bool,
+    /// How often the deliverer looks for due deliveries, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Most deliveries attempted at once.
+    pub max_batch: u32,
+}
+
+impl Default for NotificationsSettings {
+    fn default() -> Self {
+        let policy = ferrobank_application::WebhookPolicy::default();
+        let deliverer = ferrobank_interfaces::webhooks::DelivererOptions::default();
+        Self {
+            enabled: true,
+            max_attempts: policy.max_attempts,
+            backoff_ms: policy.backoff_ms,
+            timeout_ms: policy.timeout_ms,
+            allow_http: policy.allow_http,
+            poll_interval_ms: deliverer.poll_interval_ms,
+            max_batch: deliverer.max_batch,
+        }
+    }
+}
+
+impl NotificationsSettings {
+    /// The delivery policy these settings describe.
+    pub fn policy(&self) -> ferrobank_application::WebhookPolicy {
+        ferrobank_application::WebhookPolicy {
+            max_attempts: self.max_attempts,
+            backoff_ms: self.backoff_ms.clone(),
+            timeout_ms: self.timeout_ms,
+            allow_http: self.allow_http,
         }
     }
 }
@@ -503,6 +555,7 @@ impl Default for Config {
             gateway: GatewaySettings::default(),
             mesh: MeshSettings::default(),
             psp_sim: PspSimSettings::default(),
+            notifications: NotificationsSettings::default(),
             bus: BusSettings::default(),
             payments: PaymentsSettings::default(),
             risk: ferrobank_domain::RiskRulesConfig::default(),
@@ -665,6 +718,11 @@ impl Config {
             oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
         self.psp_sim.knobs().validate().map_err(|e| format!("psp_sim.{e}"))?;
+        self.notifications.policy().validate().map_err(|e| format!("notifications.{e}"))?;
+        let notifications = &self.notifications;
+        if notifications.poll_interval_ms == 0 || !(1..=1_000).contains(&notifications.max_batch) {
+            return Err("notifications: poll_interval_ms must be > 0, max_batch 1 to 1000".into());
+        }
         if let Some(url) = &self.audit.mongo_url
             && !url.starts_with("mongodb://")
         {

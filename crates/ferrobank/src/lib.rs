@@ -10,6 +10,7 @@ pub mod demo;
 pub mod edge;
 pub mod identity;
 pub mod mesh;
+pub mod notifications;
 pub mod payments;
 pub mod policy;
 pub mod psp_sim;

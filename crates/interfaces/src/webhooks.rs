@@ -7,7 +7,6 @@
 //! part of the endpoint's `whsec_` secret). Any 2xx is delivered; anything else (another
 //! status, a connection error, the timeout) is a failed attempt. Redirects are not followed.
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -76,26 +75,27 @@ impl WebhookSender {
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector =
-            match builder.with_provider_and_native_roots(rustls::crypto::ring::default_provider()) {
-                Ok(builder) => builder.https_or_http().enable_http1().wrap_connector(http),
-                Err(error) => {
-                    // No system roots (a bare container): https endpoints fail, http ones work.
-                    tracing::warn!(%error, "no system CA certificates: https webhooks will fail");
-                    let config = rustls::ClientConfig::builder_with_provider(
-                        rustls::crypto::ring::default_provider().into(),
-                    )
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                    hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_tls_config(config)
-                        .https_or_http()
-                        .enable_http1()
-                        .wrap_connector(http)
-                }
-            };
+        let connector = match builder
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+        {
+            Ok(builder) => builder.https_or_http().enable_http1().wrap_connector(http),
+            Err(error) => {
+                // No system roots (a bare container): https endpoints fail, http ones work.
+                tracing::warn!(%error, "no system CA certificates: https webhooks will fail");
+                let config = rustls::ClientConfig::builder_with_provider(
+                    rustls::crypto::ring::default_provider().into(),
+                )
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http)
+            }
+        };
         Ok(Self { client: Client::builder(TokioExecutor::new()).build(connector), timeout })
     }
 
@@ -123,8 +123,7 @@ impl WebhookSender {
             Err(error) => return (None, Some(bounded(&error.to_string())), None),
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await
-        {
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => return (None, Some(format!("timed out after {:?}", self.timeout)), None),
             Ok(Err(error)) => return (None, Some(error_chain(&error)), None),
             Ok(Ok(response)) => response,

@@ -10,10 +10,9 @@
 use async_trait::async_trait;
 use ferrobank_application::StoreError;
 use ferrobank_application::notifications::{
-    AttemptRecord, ClaimedDelivery, DeliveryAttempt, DeliveryPage, DeliveryStatus,
-    DeliveryWithLog, EventRecorded, MAX_LISTED_ATTEMPTS, MAX_LISTED_ENDPOINTS, MAX_SERIES,
-    Notification, NotificationPage, NotificationStore, ReplayOutcome, WebhookDelivery,
-    WebhookEndpoint,
+    AttemptRecord, ClaimedDelivery, DeliveryAttempt, DeliveryPage, DeliveryStatus, DeliveryWithLog,
+    EventRecorded, MAX_LISTED_ATTEMPTS, MAX_LISTED_ENDPOINTS, MAX_SERIES, Notification,
+    NotificationPage, NotificationStore, ReplayOutcome, WebhookDelivery, WebhookEndpoint,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -151,12 +150,13 @@ impl SqlStore {
         conn: &mut sqlx::AnyConnection,
         id: Uuid,
     ) -> Result<Option<WebhookDelivery>, StoreError> {
-        let row =
-            sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"))
-                .bind(id_text(id))
-                .fetch_optional(conn)
-                .await
-                .map_err(map_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
+        ))
+        .bind(id_text(id))
+        .fetch_optional(conn)
+        .await
+        .map_err(map_err)?;
         row.as_ref().map(delivery).transpose()
     }
 }
@@ -188,8 +188,8 @@ impl NotificationStore for SqlStore {
         if usize::try_from(active).unwrap_or(usize::MAX) >= max_active {
             return Ok(false);
         }
-        let types = serde_json::to_string(&endpoint.event_types)
-            .map_err(|e| corrupt("event_types", e))?;
+        let types =
+            serde_json::to_string(&endpoint.event_types).map_err(|e| corrupt("event_types", e))?;
         sqlx::query(&format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -351,12 +351,14 @@ impl NotificationStore for SqlStore {
     }
 
     async fn mark_read(&self, id: Uuid, now_ms: i64) -> Result<Option<Notification>, StoreError> {
-        sqlx::query("UPDATE notifications SET read_at_ms = $1 WHERE id = $2 AND read_at_ms IS NULL")
-            .bind(now_ms)
-            .bind(id_text(id))
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
+        sqlx::query(
+            "UPDATE notifications SET read_at_ms = $1 WHERE id = $2 AND read_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id_text(id))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
         self.notification(id).await
     }
 

@@ -258,7 +258,11 @@ pub struct DeliveryPageDto {
 impl From<DeliveryPage> for DeliveryPageDto {
     fn from(page: DeliveryPage) -> Self {
         Self {
-            items: page.items.into_iter().map(|d| DeliveryDto::new(d.delivery, d.attempts)).collect(),
+            items: page
+                .items
+                .into_iter()
+                .map(|d| DeliveryDto::new(d.delivery, d.attempts))
+                .collect(),
             next_cursor: page.next_after,
         }
     }
@@ -394,8 +398,7 @@ pub async fn list_webhooks(
     caller: Caller,
     ApiQuery(query): ApiQuery<WebhookListQuery>,
 ) -> ApiResult {
-    let endpoints =
-        service(&state)?.endpoints(caller.principal(), query.owner.as_deref()).await?;
+    let endpoints = service(&state)?.endpoints(caller.principal(), query.owner.as_deref()).await?;
     Ok(Json(WebhookListDto { items: endpoints.into_iter().map(Into::into).collect() })
         .into_response())
 }
