@@ -404,6 +404,9 @@ impl BusSettings {
 pub struct PaymentsSettings {
     /// Serve `/api/payments` and run the relay and worker (with the API roles).
     pub enabled: bool,
+    /// Run the payment worker in this process when its role is served (`up`, `serve
+    /// payment-worker`); false leaves payments pending for workers elsewhere.
+    pub worker: bool,
     /// The external payment gateway; unset: a built-in simulator on a loopback port
     /// (knobs of `[psp_sim]`).
     pub psp_url: Option<String>,
@@ -439,6 +442,7 @@ impl Default for PaymentsSettings {
         let worker = ferrobank_application::worker::WorkerOptions::default();
         Self {
             enabled: true,
+            worker: true,
             psp_url: None,
             psp_timeout_ms: 2_000,
             psp_max_attempts: 3,
@@ -718,15 +722,15 @@ impl Config {
             oidc.validate().map_err(|e| format!("auth: {e}"))?;
         }
         self.psp_sim.knobs().validate().map_err(|e| format!("psp_sim.{e}"))?;
-        self.notifications.policy().validate().map_err(|e| format!("notifications.{e}"))?;
-        let notifications = &self.notifications;
-        if notifications.poll_interval_ms == 0 || !(1..=1_000).contains(&notifications.max_batch) {
-            return Err("notifications: poll_interval_ms must be > 0, max_batch 1 to 1000".into());
-        }
         if let Some(url) = &self.audit.mongo_url
             && !url.starts_with("mongodb://")
         {
             return Err("audit.mongo_url must start with mongodb:// (a host list; no +srv)".into());
+        }
+        self.notifications.policy().validate().map_err(|e| format!("notifications.{e}"))?;
+        let notifications = &self.notifications;
+        if notifications.poll_interval_ms == 0 || !(1..=1_000).contains(&notifications.max_batch) {
+            return Err("notifications: poll_interval_ms must be > 0, max_batch 1 to 1000".into());
         }
         Ok(())
     }

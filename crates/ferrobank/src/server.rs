@@ -118,8 +118,14 @@ pub async fn start_roles(
     let idempotency: Arc<dyn IdempotencyStore> = store.clone();
     let payments = match config.payments.enabled && (roles.accounts || roles.payment_worker) {
         true => Some(
-            crate::payments::start(config, &store, &ledger, clock.clone(), roles.payment_worker)
-                .await?,
+            crate::payments::start(
+                config,
+                &store,
+                &ledger,
+                clock.clone(),
+                roles.payment_worker && config.payments.worker,
+            )
+            .await?,
         ),
         false => None,
     };

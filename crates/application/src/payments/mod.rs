@@ -176,6 +176,10 @@ impl PaymentService {
         if let Some(existing) = self.payments.payment(new.id()).await? {
             return Ok(Created::Exists(existing));
         }
+        // Checked before the velocity counters count it: input that can never be paid.
+        if account.currency != new.currency() {
+            return Err(PaymentsError::Ledger(TransferError::CurrencyMismatch));
+        }
         let now_ms = self.clock.now_ms();
         let owner = account.owner.clone();
         let amount = new.amount().minor_units().unsigned_abs();
@@ -264,7 +268,13 @@ impl PaymentService {
             return Err(PaymentsError::NotFound("the payment"));
         }
         let actor = caller.map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone());
-        self.transition(id, vec![PaymentTrigger::Cancel], actor, None).await
+        match self.transition(id, vec![PaymentTrigger::Cancel], actor, None).await {
+            // A retried cancel: already done, same answer.
+            Err(PaymentsError::Payment(PaymentError::AlreadyFinal {
+                status: PaymentStatus::Cancelled,
+            })) => self.get(caller, id).await,
+            outcome => outcome,
+        }
     }
 
     /// Payments held for review, newest first (risk analysts only).

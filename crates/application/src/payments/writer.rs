@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use ferrobank_domain::{
-    AccountId, Book, NewTransfer, Payment, PaymentError, PaymentId, PaymentStatus, PaymentTrigger,
-    TransferId, TransferKind,
+    AccountId, Book, NewTransfer, Payment, PaymentId, PaymentStatus, PaymentTrigger, TransferId,
+    TransferKind,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -314,14 +314,7 @@ fn transition(
     let mut payment = current.clone();
     let mut events = Vec::with_capacity(triggers.len());
     for trigger in triggers {
-        match payment.apply(*trigger, now_ms) {
-            Ok(event) => events.push(event),
-            // A finished payment: a late or repeated change is already done.
-            Err(PaymentError::AlreadyFinal { .. }) if events.is_empty() => {
-                return Ok((current.clone(), false));
-            }
-            Err(error) => return Err(error.into()),
-        }
+        events.push(payment.apply(*trigger, now_ms)?);
     }
     // A reviewer's decision and the end of a payment resolve its hold.
     if matches!(triggers.first(), Some(PaymentTrigger::Approved | PaymentTrigger::Rejected)) {

@@ -301,6 +301,11 @@ pub struct AccountSpec {
 }
 
 impl TestApp {
+    /// The running server (its services, for tests that look behind the API).
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("the app is running")
+    }
+
     /// The built-in identity provider (panics when the app runs without one).
     pub fn idp(&self) -> std::sync::Arc<ferrobank_adapters::idp::IdentityProvider> {
         self.running
