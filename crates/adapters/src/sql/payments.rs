@@ -36,9 +36,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 fn payment(row: &AnyRow) -> Result<(i64, Payment), StoreError> {
     let text = |name: &str| -> Result<String, StoreError> { row.try_get(name).map_err(map_err) };
-    let opt = |name: &str| -> Result<Option<String>, StoreError> {
-        row.try_get(name).map_err(map_err)
-    };
+    let opt =
+        |name: &str| -> Result<Option<String>, StoreError> { row.try_get(name).map_err(map_err) };
     let uuid = |name: &str| -> Result<Uuid, StoreError> {
         Uuid::parse_str(&text(name)?).map_err(|e| corrupt(name, e))
     };
@@ -425,11 +424,9 @@ impl OutboxStore for SqlStore {
     }
 
     async fn outbox_changed(&self, max_wait_ms: u64) {
-        let _ = tokio::time::timeout(
-            Duration::from_millis(max_wait_ms),
-            self.outbox_signal.notified(),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(max_wait_ms), self.outbox_signal.notified())
+                .await;
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {

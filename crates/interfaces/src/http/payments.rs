@@ -215,14 +215,17 @@ pub async fn create_payment(
             )
             .detail("payments need an Idempotency-Key header of 1 to 255 visible ASCII characters")
         })?;
-    let amount = Amount::new(body.amount).map_err(|e| Problem::invalid_body(format!("amount: {e}")))?;
-    let currency =
-        Currency::parse(&body.currency).map_err(|e| Problem::invalid_body(format!("currency: {e}")))?;
+    let amount =
+        Amount::new(body.amount).map_err(|e| Problem::invalid_body(format!("amount: {e}")))?;
+    let currency = Currency::parse(&body.currency)
+        .map_err(|e| Problem::invalid_body(format!("currency: {e}")))?;
     let reference = Reference::parse(&body.reference).map_err(|e| {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), "Invalid reference")
             .detail(e.to_string())
     })?;
-    let id = body.id.unwrap_or_else(|| derived_id(&format!("payment:{}", caller.idempotency_scope()), key));
+    let id = body
+        .id
+        .unwrap_or_else(|| derived_id(&format!("payment:{}", caller.idempotency_scope()), key));
     let new = NewPayment::new(
         PaymentId(id),
         AccountId(body.debtor_account),
@@ -232,10 +235,14 @@ pub async fn create_payment(
         reference,
     )
     .map_err(|e| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), "Invalid payment").detail(e.to_string())
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), "Invalid payment")
+            .detail(e.to_string())
     })?;
-    let request =
-        CreatePayment { new, idempotency_key: key.to_owned(), traceparent: Some(traceparent(&headers)) };
+    let request = CreatePayment {
+        new,
+        idempotency_key: key.to_owned(),
+        traceparent: Some(traceparent(&headers)),
+    };
     Ok(match service.create(caller.principal(), request).await? {
         Created::New(p) => (StatusCode::CREATED, Json(PaymentDto::from(p))).into_response(),
         Created::Exists(p) => (StatusCode::OK, Json(PaymentDto::from(p))).into_response(),
