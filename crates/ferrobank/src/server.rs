@@ -37,6 +37,8 @@ pub struct Running {
     pub generated: Vec<Generated>,
     /// The money path, when this process runs it.
     pub payments: Option<crate::payments::Payments>,
+    /// Notification and audit consumers, the webhook deliverer, the denied-access drain.
+    consumers: Vec<JoinHandle<()>>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     writer: JoinHandle<()>,
@@ -129,6 +131,32 @@ pub async fn start_roles(
         ),
         false => None,
     };
+    // The consumers of the money path's events, and the audit trail, where the API runs.
+    let mut consumers = Vec::new();
+    let mut notifications = None;
+    let mut audit = None;
+    if let (Some(payments), true) = (&payments, roles.accounts) {
+        if config.notifications.enabled {
+            let (service, tasks) =
+                crate::notifications::start(config, &store, payments.bus.clone(), clock.clone())
+                    .await?;
+            notifications = Some(service);
+            consumers.extend(tasks);
+        }
+        let stores = crate::audit::open(config, &store).await?;
+        consumers.push(
+            crate::audit::start_consumer(
+                stores.log.clone(),
+                stores.activity.clone(),
+                payments.bus.clone(),
+            )
+            .await?,
+        );
+        let (sink, drain) =
+            crate::audit::start_denied_sink(config, stores.log.clone(), clock.clone());
+        consumers.push(drain);
+        audit = Some((stores, sink));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("binding {}: {e}", config.listen))?;
@@ -197,12 +225,10 @@ pub async fn start_roles(
         idp: idp.clone(),
         ledger: ledger.clone(),
         payments: payments.as_ref().filter(|_| roles.accounts).map(|p| p.service.clone()),
-        notifications: None,
-        // The audit trail, activity log and denied-access sink: crate::audit::open /
-        // AuditSink::start, wired with the bus.
-        audit: None,
-        activity: None,
-        audit_sink: None,
+        notifications: notifications.clone(),
+        audit: audit.as_ref().map(|(stores, _)| stores.log.clone()),
+        activity: audit.as_ref().map(|(stores, _)| stores.activity.clone()),
+        audit_sink: audit.as_ref().map(|(_, sink)| sink.clone()),
         idempotency: idempotency.clone(),
         clock: clock.clone(),
         limits: HttpLimits {
@@ -238,6 +264,9 @@ pub async fn start_roles(
                 .map(|idp| crate::edge::realm_web_origins(idp, &config.identity.realm))
                 .unwrap_or_default();
             let gateway = crate::edge::build(config, Target::Local(app), issuer, origins).await?;
+            if let Some((_, sink)) = &audit {
+                gateway.record_denials_to(sink.clone());
+            }
             crate::edge::spawn_admin(config).await?;
             app = crate::edge::router(gateway);
         } else {
@@ -290,6 +319,7 @@ pub async fn start_roles(
         idp,
         generated,
         payments,
+        consumers,
         shutdown,
         server,
         writer,
@@ -301,12 +331,24 @@ pub async fn start_roles(
 impl Running {
     /// Stops accepting, lets in-flight requests and the batch in hand finish, then returns.
     pub async fn stop(self) -> Result<(), String> {
-        let Running { ledger, payments, shutdown, server, writer, purge, shutdown_timeout, .. } =
-            self;
+        let Running {
+            ledger,
+            payments,
+            consumers,
+            shutdown,
+            server,
+            writer,
+            purge,
+            shutdown_timeout,
+            ..
+        } = self;
         let _ = shutdown.send(());
         purge.abort();
         let drained = tokio::time::timeout(shutdown_timeout, async move {
             let served = server.await;
+            for consumer in &consumers {
+                consumer.abort();
+            }
             if let Some(payments) = payments {
                 payments.stop().await;
             }
