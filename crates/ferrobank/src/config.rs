@@ -809,6 +809,21 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_store_url_is_redacted_and_checked() {
+        let mut config = Config::default();
+        config.audit.mongo_url =
+            Some("mongodb://audit:hunter2@db:27017/?directConnection=true".into());
+        let text = config.redacted_toml();
+        assert!(!text.contains("hunter2") && text.contains("[audit]"), "{text}");
+        assert_eq!(config.validate(), Ok(()));
+        config.audit.mongo_url = Some("mongodb+srv://cluster.example".into());
+        assert!(config.validate().is_err_and(|e| e.contains("audit.mongo_url")));
+        config.audit.mongo_url = None;
+        config.audit.denied_queue = 0;
+        assert!(config.validate().is_err_and(|e| e.contains("audit.denied_queue")));
+    }
+
+    #[test]
     fn printed_config_never_contains_the_password() {
         let config =
             Config { database_url: Some("postgres://u:hunter2@h/d".into()), ..Config::default() };
