@@ -13,7 +13,7 @@
 pub mod listener;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use ferrobank_adapters::istio::Mesh;
 use ferrobank_adapters::istio::resources::JwtRule;
 use ferrobank_adapters::oidc::TokenValidator;
+use ferrobank_application::{AccessDenied, AuditSink};
 use ferrobank_domain::policy::{Decision, RequestAuth, Workload, WorkloadPolicies};
 
 use crate::gateway::{HeaderLookup, text};
@@ -55,6 +56,8 @@ struct Enforced {
 pub struct Sidecar {
     workloads: Vec<Enforced>,
     port: u16,
+    /// Where its 401s and 403s are recorded as `access.denied` (unset: nowhere).
+    audit: OnceLock<AuditSink>,
 }
 
 impl Sidecar {
@@ -81,7 +84,19 @@ impl Sidecar {
                 Ok(Enforced { policies: mesh.authorization_for(&spec.workload), validators, spec })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Sidecar { workloads, port })
+        Ok(Sidecar { workloads, port, audit: OnceLock::new() })
+    }
+
+    /// Records the sidecar's refusals (401 `Jwt verification fails`, 403 `RBAC: access
+    /// denied`) in `sink` from now on; only the first sink given is kept.
+    pub fn record_denials_to(&self, sink: AuditSink) {
+        let _ = self.audit.set(sink);
+    }
+
+    fn record_denied(&self, denied: AccessDenied) {
+        if let Some(sink) = self.audit.get() {
+            sink.denied(&denied);
+        }
     }
 
     /// The workload whose prefixes claim `path`, else the first without prefixes.
@@ -171,6 +186,15 @@ async fn judge(sidecar: &Sidecar, mut request: Request, next: Next, request_id: 
         Some(Ok(auth)) => Some(auth),
         Some(Err(())) => {
             count(name, "jwt-invalid");
+            sidecar.record_denied(AccessDenied {
+                subject: None,
+                method: request.method().to_string(),
+                path,
+                status: StatusCode::UNAUTHORIZED.as_u16(),
+                reason: "Jwt verification fails".into(),
+                request_id: Some(request_id.to_owned()),
+                layer: "sidecar",
+            });
             let mut response = text(StatusCode::UNAUTHORIZED, "Jwt verification fails");
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -188,6 +212,7 @@ async fn judge(sidecar: &Sidecar, mut request: Request, next: Next, request_id: 
         .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .unwrap_or("")
         .to_owned();
+    let method = request.method().clone();
     let decision = {
         let headers = HeaderLookup(request.headers());
         let attributes = ferrobank_domain::policy::Request {
@@ -218,6 +243,21 @@ async fn judge(sidecar: &Sidecar, mut request: Request, next: Next, request_id: 
                 %by,
                 "RBAC denied"
             );
+            // Only a verified token's subject: the claims of a refused one are unproven.
+            let subject = auth
+                .as_ref()
+                .and_then(|auth| auth.claims.get("sub"))
+                .and_then(|sub| sub.as_str())
+                .map(str::to_owned);
+            sidecar.record_denied(AccessDenied {
+                subject,
+                method: method.to_string(),
+                path,
+                status: StatusCode::FORBIDDEN.as_u16(),
+                reason: RBAC_DENIED.into(),
+                request_id: Some(request_id.to_owned()),
+                layer: "sidecar",
+            });
             text(StatusCode::FORBIDDEN, RBAC_DENIED)
         }
     }
