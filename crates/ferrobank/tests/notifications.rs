@@ -384,6 +384,20 @@ async fn owners_see_only_their_own_and_bad_input_is_a_problem(backend: Backend) 
     let listed = app.get(&admin, "/api/webhooks?owner=alice").await.expect(200);
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 
+    // Documented: every operation in the OpenAPI document under the `notifications` tag.
+    let doc = app.get(&alice, "/api/openapi.json").await.expect(200);
+    for path in [
+        "/api/notifications",
+        "/api/notifications/{id}/read",
+        "/api/webhooks",
+        "/api/webhooks/{id}",
+        "/api/webhooks/{id}/deliveries",
+        "/api/webhooks/{id}/deliveries/{delivery_id}/replay",
+    ] {
+        let item = doc["paths"][path].as_object().unwrap_or_else(|| panic!("{path} undocumented"));
+        assert!(item.values().all(|op| op["tags"] == json!(["notifications"])), "{path}");
+    }
+
     // Bad URLs and bodies are 422 problems, never 500.
     let long = format!("https://example.com/{}", "a".repeat(2_100));
     for bad in [

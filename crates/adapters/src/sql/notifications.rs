@@ -442,6 +442,18 @@ impl NotificationStore for SqlStore {
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // A read first: an idle deliverer polling SQLite must not take the write lock.
+        let due: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt_at_ms <= $1 LIMIT 1",
+        )
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries \
