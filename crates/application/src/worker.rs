@@ -136,6 +136,12 @@ impl PaymentWorker {
     pub async fn handle(&self, delivery: Delivery) {
         let event = delivery.event();
         let event_id = event.id.clone();
+        // Consumer lag: from the change's commit to this delivery.
+        if let Some(committed_ms) = event.data.get("updated_at_ms").and_then(|v| v.as_i64()) {
+            let lag_ms = (self.clock.now_ms() - committed_ms).max(0).unsigned_abs();
+            metrics::histogram!("ferrobank_bus_consumer_lag_seconds", "consumer" => WORKER_CONSUMER)
+                .record(Duration::from_millis(lag_ms));
+        }
         let payment_id = event
             .data
             .get("payment_id")
@@ -222,9 +228,10 @@ impl PaymentWorker {
         match self.payments.settle(payment.id, settlement, pick_first, event_id).await {
             Ok(settled) => {
                 if settled.status.is_terminal() {
-                    let latency_ms = (settled.updated_at_ms - settled.created_at_ms).max(0);
+                    let latency_ms =
+                        (settled.updated_at_ms - settled.created_at_ms).max(0).unsigned_abs();
                     metrics::histogram!("ferrobank_payment_created_to_final_seconds", "status" => settled.status.as_str())
-                        .record(latency_ms as f64 / 1000.0);
+                        .record(Duration::from_millis(latency_ms));
                 }
                 Ok(())
             }

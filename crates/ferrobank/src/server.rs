@@ -7,6 +7,7 @@ use std::time::Duration;
 use ferrobank_adapters::SqlStore;
 use ferrobank_adapters::idp::{Generated, IdentityProvider};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
+use ferrobank_application::payments::OutboxStore;
 use ferrobank_application::{Clock, IdempotencyStore, LedgerLimits, LedgerService, SystemClock};
 use ferrobank_interfaces::gateway::Target;
 use ferrobank_interfaces::sidecar::listener::{self, MeshListener, MeshPeer};
@@ -19,6 +20,8 @@ use crate::mesh::Transport;
 
 /// Idempotency keys are kept this long, then purged.
 const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Published outbox rows are kept this long (for replays and investigations), then purged.
+const OUTBOX_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// How often old idempotency keys and expired identity sessions are purged.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -254,6 +257,9 @@ pub async fn start_roles(
         tracing::info!(
             "sidecar on: requests are judged by the Istio policies of this role's workload"
         );
+        if let Some((_, sink)) = &audit {
+            sidecar.record_denials_to(sink.clone());
+        }
         app = crate::mesh::in_front(app, sidecar);
     }
     if roles.gateway && config.gateway.enabled {
@@ -297,6 +303,7 @@ pub async fn start_roles(
         }
     };
     let idp_purge = idp.clone();
+    let outbox: Arc<dyn OutboxStore> = store.clone();
     let purge = tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_INTERVAL);
         loop {
@@ -309,6 +316,10 @@ pub async fn start_roles(
             let before_ms = clock.now_ms() - IDEMPOTENCY_RETENTION_MS;
             if let Err(error) = idempotency.purge(before_ms).await {
                 tracing::warn!(%error, "purging old idempotency keys failed");
+            }
+            let published_before_ms = clock.now_ms() - OUTBOX_RETENTION_MS;
+            if let Err(error) = outbox.purge_outbox(published_before_ms).await {
+                tracing::warn!(%error, "purging published outbox rows failed");
             }
         }
     });

@@ -204,7 +204,11 @@ impl PaymentService {
             Beneficiary::Internal { account } => *account,
             Beneficiary::External { .. } => Self::clearing_account(new.currency()),
         };
-        let command = Command::Create { payment, credit, traceparent: request.traceparent };
+        let command = Command::Create {
+            payment: Box::new(payment),
+            credit,
+            traceparent: request.traceparent,
+        };
         match self.submit(command).await? {
             (payment, true) => Ok(Created::New(payment)),
             (payment, false) => Ok(Created::Exists(payment)),

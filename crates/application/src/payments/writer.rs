@@ -28,7 +28,7 @@ pub(super) enum Command {
     /// A new payment, already decided by the risk check: held (allow, review) or rejected.
     Create {
         /// The payment in `PendingRisk` with its decision.
-        payment: Payment,
+        payment: Box<Payment>,
         /// The account its hold credits.
         credit: AccountId,
         /// Of the request.
