@@ -97,7 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/risk/reviews/{id}/reject", post(payments::reject_review))
         .route("/api/notifications", get(notifications::list_notifications))
         .route("/api/notifications/{id}/read", post(notifications::mark_read))
-        .route("/api/webhooks", post(notifications::create_webhook).get(notifications::list_webhooks))
+        .route(
+            "/api/webhooks",
+            post(notifications::create_webhook).get(notifications::list_webhooks),
+        )
         .route(
             "/api/webhooks/{id}",
             get(notifications::get_webhook).delete(notifications::delete_webhook),
