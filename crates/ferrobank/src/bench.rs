@@ -1,9 +1,10 @@
-//! `ferrobank bench <scenario>`: load generators against a running server (or, for `idp`,
-//! the app started in-process), printing throughput and latency percentiles. Peer baselines
-//! live in `bench/*.sh`.
+//! `ferrobank bench <scenario>`: load generators against a running server (or, for `idp`
+//! and `payments`, the app started in-process), printing throughput and latency
+//! percentiles. Peer baselines live in `bench/*.sh`.
 // Rates and percentiles are reporting figures, not money.
 #![allow(clippy::float_arithmetic, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,14 +13,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use ferrobank_adapters::SqlStore;
+use ferrobank_adapters::bus::{KafkaBus, KafkaBusOptions, RabbitBus, RabbitBusOptions};
 use ferrobank_adapters::idp::{NewUser, random_password};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
+use ferrobank_application::payments::{
+    CreatePayment, Created, PaymentQuery, PaymentService, PaymentsError, WORKER_CONSUMER,
+};
+use ferrobank_application::{
+    Clock, Event, EventBus, LedgerService, LedgerStore, RetryPolicy, SystemClock,
+};
+use ferrobank_domain::risk::{CurrencyLimits, Tiered};
+use ferrobank_domain::{
+    AccountFlags, AccountId, Amount, Beneficiary, BeneficiaryName, CountryCode, Currency, Iban,
+    NewAccount, NewPayment, NewTransfer, PaymentId, PaymentStatus, Reference, RiskRules,
+    RiskRulesConfig, TransferId, TransferKind,
+};
 use hdrhistogram::Histogram;
 use reqwest::header;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::config::{Config, DEFAULT_AUDIENCE, IdentityConfig};
+use crate::config::{BusKind, BusSettings, Config, DEFAULT_AUDIENCE, IdentityConfig};
 
 /// A benchmark scenario.
 #[derive(Debug, Subcommand)]
@@ -30,6 +45,10 @@ pub enum Scenario {
     /// password logins, token validations in the library, memory. With `--cc-only
     /// --token-url`, the same client-credentials load against any token endpoint.
     Idp(IdpBench),
+    /// The money path end to end, in-process by default: payments created through the
+    /// payments service, relayed to the bus, charged at the simulator and settled by the
+    /// worker; then the broker's own publish/consume ceiling through the same bus adapter.
+    Payments(PaymentsBench),
 }
 
 /// Options of `bench ledger`.
@@ -61,6 +80,7 @@ impl Scenario {
         match self {
             Self::Ledger(bench) => bench.run().await,
             Self::Idp(bench) => bench.run().await,
+            Self::Payments(bench) => bench.run().await,
         }
     }
 }
@@ -492,8 +512,9 @@ impl IdpReport {
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self, String> {
-        let path = std::env::temp_dir().join(format!("ferrobank-bench-idp-{}", Uuid::new_v4()));
+    fn new(scenario: &str) -> Result<Self, String> {
+        let path =
+            std::env::temp_dir().join(format!("ferrobank-bench-{scenario}-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         Ok(Self(path))
     }
@@ -572,7 +593,7 @@ impl IdpBench {
     /// Starts the app on a loopback port with chosen secrets, measures, stops it.
     async fn run_in_process(&self) -> Result<IdpReport, String> {
         let temp = match self.database_url {
-            None => Some(TempDir::new()?),
+            None => Some(TempDir::new("idp")?),
             Some(_) => None,
         };
         let secret = random_password();
@@ -1029,6 +1050,1249 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------
+// `bench payments`
+// ---------------------------------------------------------------------------------------
+
+/// Most concurrent clients of `bench payments` (each one also opens an account).
+const MAX_PAYMENT_CLIENTS: usize = 4096;
+/// Longest load of `bench payments`, in seconds.
+const MAX_PAYMENT_DURATION_S: u64 = 3600;
+/// Longest wait for the payments to become final after the load, in seconds.
+const MAX_SETTLE_TIMEOUT_S: u64 = 3600;
+/// Most concurrent publishers of the broker baseline.
+const MAX_BASELINE_PUBLISHERS: usize = 1024;
+/// What each client's debtor account is funded with, in minor units (100 million EUR):
+/// more than any run spends, so no payment fails for want of funds.
+const FUNDING_MINOR: i64 = 10_000_000_000;
+/// The bench's risk limits, in minor units: high enough that no amount rule fires.
+const UNLIMITED_MINOR: u64 = 1_000_000_000_000_000;
+/// Chart-of-accounts code of the account the bench funds its customers from.
+const BENCH_FUNDING_CODE: u16 = 100;
+/// Accounts funded per ledger request.
+const FUNDING_CHUNK: usize = 100;
+/// Largest page when reading a client's payments back (the service's own maximum).
+const READ_PAGE: u32 = 200;
+/// Pause between two looks at whether every payment is final.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
+/// Longest wait for a first payment to complete before the load (the worker subscribed,
+/// the simulator up).
+const PAYMENT_WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one warm-up payment is watched before another is sent: a payment published
+/// before the worker's queue existed is only re-driven by the sweep, much later.
+const WARMUP_PAYMENT_WAIT: Duration = Duration::from_secs(2);
+/// Pause of a client after a `Busy` (503) answer.
+const BUSY_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest wait for one HTTP request of `bench payments --url`.
+const PAYMENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Event type of the broker baseline; no product consumer is bound to it.
+const BASELINE_TYPE: &str = "bench.baseline";
+/// Consumer (queue) name of the broker baseline.
+const BASELINE_CONSUMER: &str = "bench-baseline";
+/// Padding of a baseline event, so that it is about as large as a `transaction.created`
+/// event of the money path (about 1 KiB as a CloudEvent).
+const BASELINE_PAD_BYTES: usize = 600;
+/// After the baseline's window, how long the consumer waits for stragglers.
+const BASELINE_DRAIN: Duration = Duration::from_secs(10);
+/// Longest wait for a probe event before the baseline starts (Kafka's group join).
+const BASELINE_WARMUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The external beneficiary of every bench payment (the IBAN of the API examples).
+const BENCH_IBAN: &str = "DE89 3704 0044 0532 0130 00";
+
+/// Options of `bench payments`.
+#[derive(Debug, Clone, Args)]
+pub struct PaymentsBench {
+    /// Concurrent clients, each with one payment creation in flight and a debtor account
+    /// (and customer) of its own, so that no two clients contend on one account.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// How long to create payments, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Database of the in-process app (`postgres://...`, best a fresh one); default: SQLite
+    /// in a new temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The event bus of the in-process app; with `rabbitmq` or `kafka` the broker's own
+    /// ceiling is measured afterwards too (see --baseline-publishers).
+    #[arg(long, value_enum, default_value = "memory")]
+    bus: BusKind,
+    /// The broker's URL (default: the local broker of that kind). Each run works under a
+    /// fresh exchange/queue/topic prefix and deletes what it declared at the end.
+    #[arg(long)]
+    bus_url: Option<String>,
+    /// Drive a running ferrobank over HTTP instead (authentication off); its database, bus
+    /// and risk rules are then the server's, and `ledger verify` is left to the operator.
+    #[arg(long)]
+    url: Option<String>,
+    /// Amount of each payment, in minor units (EUR cents).
+    #[arg(long, default_value_t = 100)]
+    amount_minor: i64,
+    /// Latency of the built-in payment gateway simulator per charge, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    psp_latency_ms: u64,
+    /// Longest wait after the load for every payment to be final, in seconds.
+    #[arg(long, default_value_t = 120)]
+    settle_timeout_s: u64,
+    /// Concurrent publishers of the broker baseline (publish with confirms through the bus
+    /// adapter, one consumer acking), for as long as the payments load.
+    #[arg(long, default_value_t = 16)]
+    baseline_publishers: usize,
+    /// Skip the broker baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print one JSON object instead of text (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// One payment as read back after the run.
+#[derive(Debug, Clone)]
+struct PaymentRow {
+    status: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+/// What one creation attempt came to.
+#[derive(Debug)]
+enum Creation {
+    /// Committed (hold, row, event); its id.
+    Created(Uuid),
+    /// The service is saturated (`Busy`, HTTP 503): back off and retry.
+    Busy,
+}
+
+/// Where payments are created and read: the service in this process, or a server's API.
+#[derive(Debug, Clone)]
+enum PaymentTarget {
+    InProcess { service: PaymentService, ledger: LedgerService },
+    Http { http: reqwest::Client, base: Arc<str> },
+}
+
+/// The parts of every bench payment.
+#[derive(Debug, Clone)]
+struct PaymentTemplate {
+    beneficiary: Beneficiary,
+    amount: Amount,
+    currency: Currency,
+    reference: Reference,
+}
+
+impl PaymentTemplate {
+    fn new(amount_minor: i64) -> Result<Self, String> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| format!("bench payment {what}: {e}");
+        Ok(Self {
+            beneficiary: Beneficiary::External {
+                iban: Iban::parse(BENCH_IBAN).map_err(|e| bad("IBAN", &e))?,
+                name: BeneficiaryName::parse("Carol").map_err(|e| bad("name", &e))?,
+                country: CountryCode::parse("DE").map_err(|e| bad("country", &e))?,
+            },
+            amount: Amount::new(amount_minor).map_err(|e| bad("amount", &e))?,
+            currency: Currency::parse("EUR").map_err(|e| bad("currency", &e))?,
+            reference: Reference::parse("bench").map_err(|e| bad("reference", &e))?,
+        })
+    }
+
+    fn body(&self, debtor: Uuid) -> Value {
+        json!({
+            "debtor_account": debtor,
+            "beneficiary": self.beneficiary,
+            "amount": self.amount.minor_units(),
+            "currency": self.currency.code(),
+            "reference": self.reference.as_str(),
+        })
+    }
+}
+
+/// Statuses a payment leaves by itself (the worker moves it on).
+const OPEN_STATUSES: [PaymentStatus; 3] =
+    [PaymentStatus::PendingRisk, PaymentStatus::Pending, PaymentStatus::Processing];
+
+impl PaymentTarget {
+    /// Opens `count` customer accounts (one owner each, never overdrawn) and funds each
+    /// with [`FUNDING_MINOR`] from a bank account of the bench's.
+    async fn open_accounts(&self, count: usize, run: &str) -> Result<Vec<Uuid>, String> {
+        let funding = Uuid::new_v4();
+        self.open_account(funding, "bench-funding", BENCH_FUNDING_CODE, false).await?;
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            self.open_account(*id, &format!("bench-{run}-{n}"), 1, true).await?;
+        }
+        for chunk in ids.chunks(FUNDING_CHUNK) {
+            self.fund(funding, chunk).await?;
+        }
+        Ok(ids)
+    }
+
+    async fn open_account(
+        &self,
+        id: Uuid,
+        owner: &str,
+        code: u16,
+        never_overdrawn: bool,
+    ) -> Result<(), String> {
+        let error = |e: &dyn std::fmt::Display| format!("opening bench account {id}: {e}");
+        match self {
+            Self::InProcess { ledger, .. } => {
+                let new = NewAccount {
+                    id: AccountId(id),
+                    currency: Currency::parse("EUR").map_err(|e| error(&e))?,
+                    code,
+                    owner: owner.to_owned(),
+                    flags: AccountFlags {
+                        debits_must_not_exceed_credits: never_overdrawn,
+                        ..AccountFlags::default()
+                    },
+                };
+                ledger.open_account(new).await.map_err(|e| error(&e))?;
+            }
+            Self::Http { http, base } => {
+                let body = json!({
+                    "id": id, "currency": "EUR", "owner": owner, "code": code,
+                    "flags": { "debits_must_not_exceed_credits": never_overdrawn },
+                });
+                let response = http
+                    .post(format!("{base}/api/accounts"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| error(&e))?;
+                if !response.status().is_success() {
+                    return Err(error(&format!("HTTP {}", response.status())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fund(&self, funding: Uuid, accounts: &[Uuid]) -> Result<(), String> {
+        match self {
+            Self::InProcess { ledger, .. } => {
+                let eur = Currency::parse("EUR").map_err(|e| e.to_string())?;
+                let amount = Amount::new(FUNDING_MINOR).map_err(|e| e.to_string())?;
+                let transfers = accounts
+                    .iter()
+                    .map(|id| NewTransfer {
+                        id: TransferId(Uuid::new_v4()),
+                        debit_account_id: Some(AccountId(funding)),
+                        credit_account_id: Some(AccountId(*id)),
+                        amount: Some(amount),
+                        currency: Some(eur),
+                        code: 1,
+                        kind: TransferKind::Posted,
+                        linked: false,
+                    })
+                    .collect();
+                let results = ledger
+                    .create_transfers(transfers)
+                    .await
+                    .map_err(|e| format!("funding bench accounts: {e}"))?;
+                if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+                    return Err(format!("funding bench accounts: {error}"));
+                }
+            }
+            Self::Http { http, base } => {
+                for id in accounts {
+                    let body = json!({
+                        "id": Uuid::new_v4(), "debit_account_id": funding,
+                        "credit_account_id": id, "amount": FUNDING_MINOR, "currency": "EUR",
+                    });
+                    let response = http
+                        .post(format!("{base}/api/transfers"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .map_err(|e| format!("funding bench account {id}: {e}"))?;
+                    if !response.status().is_success() {
+                        return Err(format!(
+                            "funding bench account {id}: HTTP {}",
+                            response.status()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates one payment from `debtor` (a fresh id and Idempotency-Key).
+    async fn create(&self, debtor: Uuid, template: &PaymentTemplate) -> Result<Creation, String> {
+        let id = Uuid::new_v4();
+        match self {
+            Self::InProcess { service, .. } => {
+                let new = NewPayment::new(
+                    PaymentId(id),
+                    AccountId(debtor),
+                    template.beneficiary.clone(),
+                    template.amount,
+                    template.currency,
+                    template.reference.clone(),
+                )
+                .map_err(|e| e.to_string())?;
+                let request =
+                    CreatePayment { new, idempotency_key: id.to_string(), traceparent: None };
+                match service.create(None, request).await {
+                    Ok(Created::New(p) | Created::Exists(p)) => Ok(Creation::Created(p.id.0)),
+                    Err(PaymentsError::Busy) => Ok(Creation::Busy),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            Self::Http { http, base } => {
+                let response = http
+                    .post(format!("{base}/api/payments"))
+                    .header("Idempotency-Key", id.to_string())
+                    .json(&template.body(debtor))
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST /api/payments: {e}"))?;
+                let status = response.status();
+                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                    return Ok(Creation::Busy);
+                }
+                let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                match parsed["payment_id"].as_str().map(Uuid::parse_str) {
+                    Some(Ok(id)) if status.is_success() => Ok(Creation::Created(id)),
+                    _ => Err(format!("POST /api/payments: HTTP {status}: {}", snippet(&body))),
+                }
+            }
+        }
+    }
+
+    /// The status of one payment.
+    async fn status(&self, id: Uuid) -> Result<String, String> {
+        match self {
+            Self::InProcess { service, .. } => service
+                .get(None, PaymentId(id))
+                .await
+                .map(|p| p.status.as_str().to_owned())
+                .map_err(|e| e.to_string()),
+            Self::Http { http, base } => {
+                let response = http
+                    .get(format!("{base}/api/payments/{id}"))
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET /api/payments/{id}: {e}"))?;
+                let parsed: Value = response.json().await.map_err(|e| e.to_string())?;
+                Ok(parsed["status"].as_str().unwrap_or_default().to_owned())
+            }
+        }
+    }
+
+    /// One page of `account`'s payments (only those in `statuses`, when given), newest
+    /// first, and the cursor of the next page.
+    async fn page(
+        &self,
+        account: Uuid,
+        statuses: &[PaymentStatus],
+        limit: u32,
+        cursor: Option<String>,
+    ) -> Result<(Vec<PaymentRow>, Option<String>), String> {
+        match self {
+            Self::InProcess { service, .. } => {
+                let query = PaymentQuery {
+                    account: Some(AccountId(account)),
+                    statuses: statuses.to_vec(),
+                    before_seq: cursor.as_deref().and_then(|c| c.parse().ok()),
+                    limit,
+                    ..PaymentQuery::default()
+                };
+                let page = service.list(None, query).await.map_err(|e| e.to_string())?;
+                let rows = page
+                    .payments
+                    .into_iter()
+                    .map(|p| PaymentRow {
+                        status: p.status.as_str().to_owned(),
+                        created_at_ms: p.created_at_ms,
+                        updated_at_ms: p.updated_at_ms,
+                    })
+                    .collect();
+                Ok((rows, page.next_before.map(|seq| seq.to_string())))
+            }
+            Self::Http { http, base } => {
+                let mut url = format!("{base}/api/payments?account={account}&limit={limit}");
+                if !statuses.is_empty() {
+                    let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+                    url.push_str(&format!("&status={}", names.join(",")));
+                }
+                if let Some(cursor) = &cursor {
+                    url.push_str(&format!("&cursor={}", form_value(cursor)));
+                }
+                let response =
+                    http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+                let status = response.status();
+                let body = response.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("GET {url}: HTTP {status}: {}", snippet(&body)));
+                }
+                let parsed: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let rows = parsed["payments"]
+                    .as_array()
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|p| PaymentRow {
+                                status: p["status"].as_str().unwrap_or_default().to_owned(),
+                                created_at_ms: p["created_at_ms"].as_i64().unwrap_or_default(),
+                                updated_at_ms: p["updated_at_ms"].as_i64().unwrap_or_default(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok((rows, parsed["next_cursor"].as_str().map(str::to_owned)))
+            }
+        }
+    }
+
+    /// Every payment of `account`.
+    async fn payments(&self, account: Uuid) -> Result<Vec<PaymentRow>, String> {
+        let mut rows = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.page(account, &[], READ_PAGE, cursor).await?;
+            rows.extend(page);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(rows),
+            }
+        }
+    }
+
+    /// Whether some payment of `account` is not final yet (and not waiting for a human).
+    async fn has_open(&self, account: Uuid) -> Result<bool, String> {
+        Ok(!self.page(account, &OPEN_STATUSES, 1, None).await?.0.is_empty())
+    }
+
+    /// Sends payments from `account` until one completes: the worker is subscribed, the
+    /// gateway answers. (On a broker, events published before the worker's queue exists
+    /// are lost to it; only the sweep would finish those payments.)
+    async fn warm_up(&self, account: Uuid, template: &PaymentTemplate) -> Result<(), String> {
+        let deadline = Instant::now() + PAYMENT_WARMUP_TIMEOUT;
+        while Instant::now() < deadline {
+            let Creation::Created(id) = self.create(account, template).await? else {
+                tokio::time::sleep(BUSY_BACKOFF).await;
+                continue;
+            };
+            let watch_until = Instant::now() + WARMUP_PAYMENT_WAIT;
+            while Instant::now() < watch_until {
+                match self.status(id).await?.as_str() {
+                    "completed" => return Ok(()),
+                    "pending" | "processing" | "pending_risk" => {}
+                    other => return Err(format!("the warm-up payment ended {other}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Err(format!(
+            "no warm-up payment completed within {} s: is the payment worker running?",
+            PAYMENT_WARMUP_TIMEOUT.as_secs()
+        ))
+    }
+}
+
+/// What one client of the payments load did.
+#[derive(Debug)]
+struct CreateStats {
+    created: u64,
+    busy: u64,
+    failed: u64,
+    first_error: Option<String>,
+    latency_us: Histogram<u64>,
+}
+
+/// A bus the bench declares things on, kept concrete so that it can delete them.
+#[derive(Debug, Clone)]
+enum BrokerBus {
+    Rabbit(RabbitBus),
+    Kafka(KafkaBus),
+}
+
+impl BrokerBus {
+    /// Connects to the broker of `kind` under `prefix`; `None` for the in-memory bus.
+    async fn connect(
+        kind: BusKind,
+        url: Option<&str>,
+        prefix: &str,
+        settings: &BusSettings,
+    ) -> Result<Option<Self>, String> {
+        let settings = BusSettings {
+            kind,
+            url: url.map(str::to_owned),
+            prefix: prefix.into(),
+            ..settings.clone()
+        };
+        let Some(url) = settings.effective_url() else { return Ok(None) };
+        let retry = RetryPolicy {
+            max_attempts: settings.max_attempts,
+            initial_backoff_ms: settings.initial_backoff_ms,
+            max_backoff_ms: settings.max_backoff_ms,
+        };
+        let redacted = crate::config::redact_url(&url);
+        Ok(Some(match kind {
+            BusKind::Memory => return Ok(None),
+            BusKind::Rabbitmq => Self::Rabbit(
+                RabbitBus::connect(
+                    &url,
+                    RabbitBusOptions {
+                        prefix: prefix.into(),
+                        retry,
+                        prefetch: settings.prefetch,
+                        ..RabbitBusOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("RabbitMQ at {redacted}: {e}"))?,
+            ),
+            BusKind::Kafka => Self::Kafka(
+                KafkaBus::connect(
+                    &url,
+                    KafkaBusOptions {
+                        topic_prefix: prefix.into(),
+                        retry,
+                        prefetch: settings.prefetch,
+                        ..KafkaBusOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| format!("Kafka at {redacted}: {e}"))?,
+            ),
+        }))
+    }
+
+    fn as_dyn(&self) -> Arc<dyn EventBus> {
+        match self {
+            Self::Rabbit(bus) => Arc::new(bus.clone()),
+            Self::Kafka(bus) => Arc::new(bus.clone()),
+        }
+    }
+
+    /// Deletes `consumers`' queues or groups, then everything this handle declared.
+    async fn teardown(&self, consumers: &[&str]) -> Result<(), String> {
+        match self {
+            Self::Rabbit(bus) => {
+                for consumer in consumers {
+                    bus.delete_consumer(consumer).await.map_err(|e| e.to_string())?;
+                }
+                bus.teardown().await.map_err(|e| e.to_string())
+            }
+            Self::Kafka(bus) => {
+                for consumer in consumers {
+                    bus.delete_consumer(consumer).await.map_err(|e| e.to_string())?;
+                }
+                bus.teardown().await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// The broker's own ceiling: K publishers with confirms, one consumer acking.
+#[derive(Debug)]
+struct BaselineResult {
+    bus: BusKind,
+    publishers: usize,
+    duration_s: f64,
+    published: u64,
+    publish_failed: u64,
+    first_error: Option<String>,
+    /// Consumed (and acked) inside the window.
+    consumed: u64,
+    /// Publish call (with its confirm) latency.
+    confirm_us: Histogram<u64>,
+    /// From before the publish call to the consumer's receipt.
+    end_to_end_us: Histogram<u64>,
+}
+
+impl BaselineResult {
+    fn per_s(&self) -> f64 {
+        self.consumed as f64 / self.duration_s
+    }
+
+    fn json(&self) -> Value {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        json!({
+            "bus": self.bus, "publishers": self.publishers, "consumers": 1,
+            "duration_s": self.duration_s, "published": self.published,
+            "published_per_s": self.published as f64 / self.duration_s,
+            "publish_failed": self.publish_failed, "first_error": self.first_error,
+            "consumed": self.consumed, "messages_per_s": self.per_s(),
+            "payload_pad_bytes": BASELINE_PAD_BYTES,
+            "confirm_p50_ms": ms(&self.confirm_us, 0.5), "confirm_p99_ms": ms(&self.confirm_us, 0.99),
+            "p50_ms": ms(&self.end_to_end_us, 0.5), "p99_ms": ms(&self.end_to_end_us, 0.99),
+            "p999_ms": ms(&self.end_to_end_us, 0.999),
+            "max_ms": self.end_to_end_us.max() as f64 / 1000.0,
+        })
+    }
+}
+
+/// Everything one `bench payments` run measured.
+#[derive(Debug)]
+struct PaymentsReport {
+    target: String,
+    database: String,
+    bus: BusKind,
+    clients: usize,
+    /// The load window, in seconds.
+    window_s: f64,
+    create: CreateStats,
+    statuses: BTreeMap<String, u64>,
+    completed: u64,
+    completed_in_window: u64,
+    /// From the start of the load to the last completion, in seconds.
+    span_s: f64,
+    /// `updated_at_ms - created_at_ms` of each completed payment, in microseconds.
+    e2e_us: Histogram<u64>,
+    drained: bool,
+    settle_wait_s: f64,
+    /// Payments per status when the load stopped (in-process only).
+    at_window_end: Option<BTreeMap<String, u64>>,
+    /// CPU seconds of this process during the load window.
+    cpu_s: Option<f64>,
+    /// Share of the machine's CPU time that was busy during the load window.
+    machine_busy: Option<f64>,
+    metrics: BTreeMap<String, f64>,
+    verify: Option<(bool, String)>,
+    baseline: Option<BaselineResult>,
+}
+
+impl PaymentsReport {
+    /// Payments completed per second of the span from the first create to the last
+    /// completion: the primary figure.
+    fn per_s(&self) -> f64 {
+        if self.span_s > 0.0 { self.completed as f64 / self.span_s } else { 0.0 }
+    }
+
+    fn e2e_ms(&self, quantile: f64) -> f64 {
+        self.e2e_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn create_ms(&self, quantile: f64) -> f64 {
+        self.create.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        self.baseline
+            .as_ref()
+            .map(BaselineResult::per_s)
+            .filter(|r| *r > 0.0)
+            .map(|r| self.per_s() / r)
+    }
+
+    fn failed(&self) -> bool {
+        self.create.failed > 0
+            || !self.drained
+            || self.verify.as_ref().is_some_and(|(ok, _)| !ok)
+            || self.baseline.as_ref().is_some_and(|b| b.publish_failed > 0)
+    }
+
+    fn print(&self, json: bool) {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "scenario": "payments", "target": self.target, "database": self.database,
+                    "bus": self.bus, "clients": self.clients, "cores": cores,
+                    "window_s": self.window_s,
+                    "created": self.create.created, "busy": self.create.busy,
+                    "failed": self.create.failed, "first_error": self.create.first_error,
+                    "created_per_s": self.create.created as f64 / self.window_s,
+                    "create_p50_ms": self.create_ms(0.5), "create_p99_ms": self.create_ms(0.99),
+                    "create_p999_ms": self.create_ms(0.999),
+                    "statuses": self.statuses, "completed": self.completed,
+                    "completed_in_window": self.completed_in_window,
+                    "completed_in_window_per_s": self.completed_in_window as f64 / self.window_s,
+                    "span_s": self.span_s, "payments_per_s": self.per_s(),
+                    "e2e_p50_ms": self.e2e_ms(0.5), "e2e_p99_ms": self.e2e_ms(0.99),
+                    "e2e_p999_ms": self.e2e_ms(0.999),
+                    "e2e_max_ms": self.e2e_us.max() as f64 / 1000.0,
+                    "drained": self.drained, "settle_wait_s": self.settle_wait_s,
+                    "at_window_end": self.at_window_end,
+                    "process_cpu_s": self.cpu_s, "machine_busy": self.machine_busy,
+                    "metrics": self.metrics,
+                    "ledger_verify_ok": self.verify.as_ref().map(|v| v.0),
+                    "ledger_verify": self.verify.as_ref().map(|v| v.1.clone()),
+                    "baseline": self.baseline.as_ref().map(BaselineResult::json),
+                    "ratio_to_broker": self.ratio(),
+                })
+            );
+            return;
+        }
+        println!(
+            "payments bench: {} ({}), {} bus, database {}, {} clients, {cores} cores",
+            self.target,
+            if self.target == "in-process" {
+                "payments service called directly, no HTTP"
+            } else {
+                "HTTP"
+            },
+            bus_name(self.bus),
+            self.database,
+            self.clients
+        );
+        println!(
+            "created in {:.1} s: {} ({:.0}/s), {} busy, {} failed; create call ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}",
+            self.window_s,
+            self.create.created,
+            self.create.created as f64 / self.window_s,
+            self.create.busy,
+            self.create.failed,
+            self.create_ms(0.5),
+            self.create_ms(0.99),
+            self.create_ms(0.999)
+        );
+        if let Some(error) = &self.create.first_error {
+            println!("  first failure: {error}");
+        }
+        let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!(
+            "final statuses: {} ({}, after waiting {:.1} s)",
+            statuses.join(", "),
+            if self.drained { "every payment final" } else { "NOT all final: gave up waiting" },
+            self.settle_wait_s
+        );
+        println!(
+            "end to end: {:.0} payments/s = {} completed / {:.1} s from the first create to the last completion",
+            self.per_s(),
+            self.completed,
+            self.span_s
+        );
+        println!(
+            "  completed inside the {:.1} s load window: {} ({:.0}/s)",
+            self.window_s,
+            self.completed_in_window,
+            self.completed_in_window as f64 / self.window_s
+        );
+        println!(
+            "created-to-completed ms (updated_at_ms - created_at_ms of each completed payment, \
+             millisecond stamps): p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+            self.e2e_ms(0.5),
+            self.e2e_ms(0.99),
+            self.e2e_ms(0.999),
+            self.e2e_us.max() as f64 / 1000.0
+        );
+        if let Some(at_end) = &self.at_window_end {
+            let parts: Vec<String> = at_end.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            println!("  when the load stopped: {}", parts.join(", "));
+        }
+        if let (Some(cpu_s), Some(busy)) = (self.cpu_s, self.machine_busy) {
+            println!(
+                "CPU during the load: this process {:.2} cores; the machine {:.0}% busy",
+                cpu_s / self.window_s,
+                100.0 * busy
+            );
+        }
+        if !self.metrics.is_empty() {
+            let parts: Vec<String> =
+                self.metrics.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+            println!("metrics: {}", parts.join(", "));
+        }
+        if let Some((_, verdict)) = &self.verify {
+            println!("ledger verify: {verdict}");
+        }
+        if let Some(b) = &self.baseline {
+            let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "broker baseline ({}, through the bus adapter, fresh prefix): {} publishers with \
+                 confirms, 1 consumer acking, {:.1} s",
+                bus_name(b.bus),
+                b.publishers,
+                b.duration_s
+            );
+            println!(
+                "  {:.0} messages/s consumed ({} consumed, {} published, {} failed); \
+                 publish-to-consume ms p50 {:.2}  p99 {:.2}; confirm ms p50 {:.2}  p99 {:.2}",
+                b.per_s(),
+                b.consumed,
+                b.published,
+                b.publish_failed,
+                ms(&b.end_to_end_us, 0.5),
+                ms(&b.end_to_end_us, 0.99),
+                ms(&b.confirm_us, 0.5),
+                ms(&b.confirm_us, 0.99)
+            );
+            if let Some(error) = &b.first_error {
+                println!("  first failure: {error}");
+            }
+            if let Some(ratio) = self.ratio() {
+                println!("ratio payments/s / broker messages/s: {ratio:.3}");
+            }
+        }
+    }
+}
+
+fn bus_name(kind: BusKind) -> &'static str {
+    match kind {
+        BusKind::Memory => "memory",
+        BusKind::Rabbitmq => "rabbitmq",
+        BusKind::Kafka => "kafka",
+    }
+}
+
+/// Risk rules that let the bench's load through: the configured ones, with every
+/// tier's hourly count and every EUR amount limit raised out of reach. The other rules
+/// (blocked countries and parties) stay.
+fn bench_risk_rules(mut rules: RiskRulesConfig) -> Result<RiskRulesConfig, String> {
+    let eur = Currency::parse("EUR").map_err(|e| e.to_string())?;
+    rules.velocity.max_count = Tiered { standard: u32::MAX, premium: u32::MAX, business: u32::MAX };
+    let open = CurrencyLimits {
+        single_max_minor: UNLIMITED_MINOR,
+        single_review_above_minor: UNLIMITED_MINOR,
+        daily_max_minor: UNLIMITED_MINOR,
+        window_max_minor: UNLIMITED_MINOR,
+        new_beneficiary_review_above_minor: UNLIMITED_MINOR,
+    };
+    rules.currencies.insert(eur, Tiered { standard: open, premium: open, business: open });
+    RiskRules::new(rules.clone()).map_err(|e| format!("bench risk rules: {e}"))?;
+    Ok(rules)
+}
+
+/// Busy and total jiffies of the whole machine, from the first line of `/proc/stat`.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let values: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = values.iter().sum();
+    // idle and iowait
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Sums of a Prometheus text exposition's samples by metric name (labels ignored).
+fn metric_sums(text: &str, names: &[&str]) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let name = series.split('{').next().unwrap_or_default();
+        if names.contains(&name)
+            && let Ok(value) = value.parse::<f64>()
+        {
+            *sums.entry(name.to_owned()).or_insert(0.0) += value;
+        }
+    }
+    sums
+}
+
+/// Metrics of the in-process app that say where the time goes.
+const REPORTED_METRICS: [&str; 10] = [
+    "ferrobank_payments_batch_size_sum",
+    "ferrobank_payments_batch_size_count",
+    "ferrobank_ledger_batch_transfers_sum",
+    "ferrobank_ledger_batch_transfers_count",
+    "ferrobank_outbox_published_total",
+    "ferrobank_psp_calls_total",
+    "ferrobank_bus_retried_total",
+    "ferrobank_payment_worker_redriven_total",
+    "ferrobank_payment_worker_duplicates_total",
+    "ferrobank_payments_batch_retries_total",
+];
+
+impl PaymentsBench {
+    async fn run(self) -> Result<ExitCode, String> {
+        self.check_bounds()?;
+        let run = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut report = match &self.url {
+            Some(url) => {
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(self.clients)
+                    .timeout(PAYMENT_REQUEST_TIMEOUT)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let target =
+                    PaymentTarget::Http { http, base: Arc::from(url.trim_end_matches('/')) };
+                self.measure(&target, &run, url.clone(), "server's".into()).await?
+            }
+            None => self.run_in_process(&run).await?,
+        };
+        if matches!(self.bus, BusKind::Rabbitmq | BusKind::Kafka) && !self.no_baseline {
+            report.baseline = Some(self.broker_baseline(&run).await?);
+        }
+        report.print(self.json);
+        Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    }
+
+    fn check_bounds(&self) -> Result<(), String> {
+        let within = |name: &str, value: u64, min: u64, max: u64| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be between {min} and {max}, not {value}"))
+            }
+        };
+        within("clients", self.clients as u64, 1, MAX_PAYMENT_CLIENTS as u64)?;
+        within("duration-s", self.duration_s, 1, MAX_PAYMENT_DURATION_S)?;
+        within("settle-timeout-s", self.settle_timeout_s, 1, MAX_SETTLE_TIMEOUT_S)?;
+        within(
+            "baseline-publishers",
+            self.baseline_publishers as u64,
+            1,
+            MAX_BASELINE_PUBLISHERS as u64,
+        )?;
+        within("amount-minor", self.amount_minor.max(0).unsigned_abs(), 1, 1_000_000_000)?;
+        if self.url.is_some() && self.database_url.is_some() {
+            return Err("--database-url is for the in-process app, not with --url".into());
+        }
+        Ok(())
+    }
+
+    /// The in-process app's configuration: `FERROBANK_*` and ./ferrobank.toml as for any
+    /// command (so the money path's knobs can be tuned), then the bench's own settings:
+    /// loopback port, authentication, edge and mesh off, the simulator as the gateway,
+    /// this run's bus prefix, and risk rules that let the load through.
+    fn config(&self, data_dir: Option<&TempDir>, prefix: &str) -> Result<Config, String> {
+        let mut config = Config::load(None, &crate::config::Overrides::default())?;
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        if let Some(dir) = data_dir {
+            config.data_dir = dir.0.clone();
+        }
+        config.database_url = self.database_url.clone();
+        config.identity.enabled = false;
+        config.gateway.enabled = false;
+        config.mesh.enabled = false;
+        config.payments.enabled = true;
+        config.payments.psp_url = None;
+        config.psp_sim.latency_ms = self.psp_latency_ms;
+        config.bus.kind = self.bus;
+        if self.bus_url.is_some() {
+            config.bus.url = self.bus_url.clone();
+        }
+        config.bus.prefix = prefix.to_owned();
+        config.risk = bench_risk_rules(config.risk)?;
+        Ok(config)
+    }
+
+    async fn run_in_process(&self, run: &str) -> Result<PaymentsReport, String> {
+        let temp = match self.database_url {
+            None => Some(TempDir::new("payments")?),
+            Some(_) => None,
+        };
+        let prefix = format!("bench-{run}");
+        let config = self.config(temp.as_ref(), &prefix)?;
+        let database = crate::config::redact_url(&config.effective_database_url());
+        let store = crate::cli::open_store(&config, true).await?;
+        let verify_store = store.clone();
+        let running = crate::server::start(&config, store).await?;
+        let target = match &running.payments {
+            Some(payments) => Ok(PaymentTarget::InProcess {
+                service: payments.service.clone(),
+                ledger: running.ledger.clone(),
+            }),
+            None => Err("the money path did not start ([payments] enabled)".to_owned()),
+        };
+        let measured = match target {
+            Ok(target) => self.measure(&target, run, "in-process".into(), database).await,
+            Err(error) => Err(error),
+        };
+        let stopped = running.stop().await;
+        // The broker's queues and exchange of this run: deleted whatever happened.
+        let cleanup =
+            match BrokerBus::connect(self.bus, self.bus_url.as_deref(), &prefix, &config.bus).await
+            {
+                Ok(Some(bus)) => bus.teardown(&[WORKER_CONSUMER]).await,
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            };
+        let mut report = measured?;
+        stopped?;
+        cleanup.map_err(|e| format!("deleting the run's queues/topics (prefix {prefix}): {e}"))?;
+        report.verify = Some(ledger_verify(&verify_store).await?);
+        drop(temp);
+        Ok(report)
+    }
+
+    /// Accounts, warm-up, the load, the wait for final statuses, the read-back.
+    async fn measure(
+        &self,
+        target: &PaymentTarget,
+        run: &str,
+        label: String,
+        database: String,
+    ) -> Result<PaymentsReport, String> {
+        let template = Arc::new(PaymentTemplate::new(self.amount_minor)?);
+        let mut accounts = target.open_accounts(self.clients + 1, run).await?;
+        let warm_up_account = accounts.pop().ok_or("no accounts")?;
+        target.warm_up(warm_up_account, &template).await?;
+        let in_process = matches!(target, PaymentTarget::InProcess { .. });
+        let pid = std::process::id();
+        let (cpu_before, machine_before) = (cpu_time_s(pid), machine_jiffies());
+        let started_ms = SystemClock.now_ms();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(self.duration_s);
+        let mut tasks = Vec::with_capacity(accounts.len());
+        for debtor in accounts.iter().copied() {
+            let (target, template) = (target.clone(), template.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut stats = CreateStats {
+                    created: 0,
+                    busy: 0,
+                    failed: 0,
+                    first_error: None,
+                    latency_us: new_histogram()?,
+                };
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match target.create(debtor, &template).await {
+                        Ok(Creation::Created(_)) => {
+                            stats.created += 1;
+                            let _ =
+                                stats.latency_us.record((sent.elapsed().as_micros() as u64).max(1));
+                        }
+                        Ok(Creation::Busy) => {
+                            stats.busy += 1;
+                            tokio::time::sleep(BUSY_BACKOFF).await;
+                        }
+                        Err(error) => {
+                            stats.failed += 1;
+                            stats.first_error.get_or_insert(error);
+                            tokio::time::sleep(BUSY_BACKOFF).await;
+                        }
+                    }
+                }
+                Ok::<_, String>(stats)
+            }));
+        }
+        let mut create = CreateStats {
+            created: 0,
+            busy: 0,
+            failed: 0,
+            first_error: None,
+            latency_us: new_histogram()?,
+        };
+        for task in tasks {
+            let stats = task.await.map_err(|e| e.to_string())??;
+            create.latency_us.add(&stats.latency_us).map_err(|e| e.to_string())?;
+            create.created += stats.created;
+            create.busy += stats.busy;
+            create.failed += stats.failed;
+            if create.first_error.is_none() {
+                create.first_error = stats.first_error;
+            }
+        }
+        let window_s = started.elapsed().as_secs_f64();
+        let window_end_ms = SystemClock.now_ms();
+        let cpu_s = cpu_before.zip(cpu_time_s(pid)).map(|(before, after)| after - before);
+        let machine_busy = machine_before.zip(machine_jiffies()).and_then(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            (total > 0).then(|| a.0.saturating_sub(b.0) as f64 / total as f64)
+        });
+        let at_window_end = match target {
+            PaymentTarget::InProcess { service, .. } => {
+                service.store().count_by_status().await.ok().map(|counts| {
+                    counts.into_iter().map(|(s, n)| (s.as_str().to_owned(), n)).collect()
+                })
+            }
+            PaymentTarget::Http { .. } => None,
+        };
+        // Every payment final (or held for a human), within the bound.
+        let settle_started = Instant::now();
+        let settle_deadline = settle_started + Duration::from_secs(self.settle_timeout_s);
+        let mut open_from = 0;
+        let drained = loop {
+            while open_from < accounts.len() && !target.has_open(accounts[open_from]).await? {
+                open_from += 1;
+            }
+            if open_from == accounts.len() {
+                break true;
+            }
+            if Instant::now() >= settle_deadline {
+                break false;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        };
+        let settle_wait_s = settle_started.elapsed().as_secs_f64();
+        let mut statuses = BTreeMap::new();
+        let mut e2e_us = new_histogram()?;
+        let (mut completed, mut completed_in_window, mut last_ms) = (0u64, 0u64, started_ms);
+        for account in &accounts {
+            for row in target.payments(*account).await? {
+                *statuses.entry(row.status.clone()).or_insert(0u64) += 1;
+                if row.status == PaymentStatus::Completed.as_str() {
+                    completed += 1;
+                    if row.updated_at_ms <= window_end_ms {
+                        completed_in_window += 1;
+                    }
+                    last_ms = last_ms.max(row.updated_at_ms);
+                    let latency_ms = (row.updated_at_ms - row.created_at_ms).max(0).unsigned_abs();
+                    // 0 ms (same millisecond stamp) is recorded as 1 us.
+                    let _ = e2e_us.record((latency_ms * 1000).max(1));
+                }
+            }
+        }
+        let metrics = if in_process {
+            metric_sums(&ferrobank_interfaces::metrics_handle().render(), &REPORTED_METRICS)
+        } else {
+            BTreeMap::new()
+        };
+        Ok(PaymentsReport {
+            target: label,
+            database,
+            bus: self.bus,
+            clients: self.clients,
+            window_s,
+            create,
+            statuses,
+            completed,
+            completed_in_window,
+            span_s: (last_ms - started_ms).max(0) as f64 / 1000.0,
+            e2e_us,
+            drained,
+            settle_wait_s,
+            at_window_end,
+            cpu_s,
+            machine_busy,
+            metrics,
+            verify: None,
+            baseline: None,
+        })
+    }
+
+    /// K publishers publishing with confirms through the bus adapter, one consumer acking,
+    /// under a fresh prefix on the same broker, for `--duration-s`.
+    async fn broker_baseline(&self, run: &str) -> Result<BaselineResult, String> {
+        let prefix = format!("bench-{run}-baseline");
+        let settings = Config::load(None, &crate::config::Overrides::default())
+            .map(|c| c.bus)
+            .unwrap_or_default();
+        let broker = BrokerBus::connect(self.bus, self.bus_url.as_deref(), &prefix, &settings)
+            .await?
+            .ok_or("the broker baseline needs --bus rabbitmq or kafka")?;
+        let measured = self.baseline_load(&broker.as_dyn()).await;
+        let torn = broker.teardown(&[BASELINE_CONSUMER]).await;
+        let result = measured?;
+        torn.map_err(|e| format!("deleting the baseline's queues/topics (prefix {prefix}): {e}"))?;
+        Ok(result)
+    }
+
+    async fn baseline_load(&self, bus: &Arc<dyn EventBus>) -> Result<BaselineResult, String> {
+        let base = Instant::now();
+        let pad = "x".repeat(BASELINE_PAD_BYTES);
+        let event = move |publisher: usize, probe: bool| {
+            Event::new(
+                Uuid::new_v4(),
+                "/ferrobank-bench",
+                BASELINE_TYPE,
+                format!("bench-publisher-{publisher}"),
+                ferrobank_application::bus::rfc3339_from_unix_ms(SystemClock.now_ms()),
+                json!({ "sent_us": base.elapsed().as_micros() as u64, "probe": probe, "pad": pad }),
+            )
+        };
+        let mut subscription =
+            bus.subscribe(BASELINE_CONSUMER, &[BASELINE_TYPE]).await.map_err(|e| e.to_string())?;
+        // A probe round trip first: the queue is bound (Kafka: the group joined).
+        let warm_until = Instant::now() + BASELINE_WARMUP_TIMEOUT;
+        loop {
+            bus.publish(&event(0, true)).await.map_err(|e| format!("baseline probe: {e}"))?;
+            match tokio::time::timeout(Duration::from_secs(1), subscription.next()).await {
+                Ok(Ok(delivery)) => {
+                    delivery.ack().await.map_err(|e| e.to_string())?;
+                    break;
+                }
+                Ok(Err(error)) => return Err(format!("baseline subscription: {error}")),
+                Err(_) if Instant::now() >= warm_until => {
+                    return Err("the baseline's probe event never arrived".into());
+                }
+                Err(_) => {}
+            }
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(self.duration_s);
+        let consumer = tokio::spawn(async move {
+            let mut latency_us = new_histogram()?;
+            let mut consumed = 0u64;
+            let mut idle_since = None::<Instant>;
+            loop {
+                let now = Instant::now();
+                if now >= deadline + BASELINE_DRAIN {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
+                    Ok(Ok(delivery)) => {
+                        idle_since = None;
+                        let received = Instant::now();
+                        let data = &delivery.event().data;
+                        let probe = data["probe"].as_bool().unwrap_or(true);
+                        let sent_us = data["sent_us"].as_u64().unwrap_or_default();
+                        delivery.ack().await.map_err(|e| format!("baseline ack: {e}"))?;
+                        if !probe && received < deadline {
+                            consumed += 1;
+                            let now_us = received.duration_since(base).as_micros() as u64;
+                            let _ = latency_us.record(now_us.saturating_sub(sent_us).max(1));
+                        }
+                    }
+                    Ok(Err(error)) => return Err(format!("baseline subscription: {error}")),
+                    Err(_) if Instant::now() >= deadline => {
+                        // Idle after the window: everything sent has arrived.
+                        if idle_since.get_or_insert_with(Instant::now).elapsed()
+                            >= Duration::from_secs(1)
+                        {
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok::<_, String>((consumed, latency_us))
+        });
+        let event = Arc::new(event);
+        let mut publishers = Vec::with_capacity(self.baseline_publishers);
+        for publisher in 0..self.baseline_publishers {
+            let (bus, event) = (bus.clone(), event.clone());
+            publishers.push(tokio::spawn(async move {
+                let mut confirm_us = new_histogram()?;
+                let (mut published, mut failed, mut first_error) = (0u64, 0u64, None);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match bus.publish(&(*event)(publisher, false)).await {
+                        Ok(()) => {
+                            published += 1;
+                            let _ = confirm_us.record((sent.elapsed().as_micros() as u64).max(1));
+                        }
+                        Err(error) => {
+                            failed += 1;
+                            first_error.get_or_insert(error.to_string());
+                            tokio::time::sleep(BUSY_BACKOFF).await;
+                        }
+                    }
+                }
+                Ok::<_, String>((published, failed, first_error, confirm_us))
+            }));
+        }
+        let mut result = BaselineResult {
+            bus: self.bus,
+            publishers: self.baseline_publishers,
+            duration_s: self.duration_s as f64,
+            published: 0,
+            publish_failed: 0,
+            first_error: None,
+            consumed: 0,
+            confirm_us: new_histogram()?,
+            end_to_end_us: new_histogram()?,
+        };
+        for publisher in publishers {
+            let (published, failed, first_error, confirm_us) =
+                publisher.await.map_err(|e| e.to_string())??;
+            result.published += published;
+            result.publish_failed += failed;
+            result.first_error = result.first_error.or(first_error);
+            result.confirm_us.add(&confirm_us).map_err(|e| e.to_string())?;
+        }
+        let (consumed, latency_us) = consumer.await.map_err(|e| e.to_string())??;
+        result.consumed = consumed;
+        result.end_to_end_us = latency_us;
+        Ok(result)
+    }
+}
+
+/// `ferrobank ledger verify` on the run's database: (sound, a one-line verdict).
+async fn ledger_verify(store: &SqlStore) -> Result<(bool, String), String> {
+    let report = LedgerStore::verify(store).await.map_err(|e| format!("ledger verify: {e}"))?;
+    let counted =
+        format!("{} accounts and {} transfers", report.accounts_checked, report.transfers_checked);
+    Ok(match report.mismatches.len() {
+        0 => (true, format!("OK: {counted}, every ledger balances")),
+        n => (false, format!("FAILED: {n} mismatch(es) in {counted}")),
+    })
 }
 
 #[cfg(test)]
