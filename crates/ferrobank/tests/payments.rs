@@ -1,6 +1,7 @@
 //! The money path end to end in one process, on SQLite and PostgreSQL: a payment is
 //! risk-checked and held, announced through the outbox, settled by the payment worker
 //! against the built-in gateway simulator, and every refusal changes nothing.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -324,6 +324,16 @@ impl PaymentStore for SqlStore {
         rows.iter().map(|row| payment(row).map(|(_, p)| p)).collect()
     }
 
+    async fn inbox_contains(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM inbox WHERE consumer = $1 AND event_id = $2")
+            .bind(consumer.to_owned())
+            .bind(event_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(row.is_some())
+    }
+
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM payments GROUP BY status")
             .fetch_all(&self.pool)

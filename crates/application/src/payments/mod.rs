@@ -359,9 +359,7 @@ impl PaymentService {
 
     /// Whether `consumer` already processed `event_id`.
     pub async fn seen(&self, consumer: &str, event_id: &str) -> Result<bool, PaymentsError> {
-        let mut tx = self.ledger.begin().await?;
-        let seen = tx.inbox_seen(consumer, &[event_id.to_owned()]).await?;
-        Ok(!seen.is_empty())
+        Ok(self.payments.inbox_contains(consumer, event_id).await?)
     }
 
     async fn transition(
