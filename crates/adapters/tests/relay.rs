@@ -58,8 +58,12 @@ async fn relays_deliver_everything_in_order_once(backend: Backend, relays: usize
     let options = RelayOptions { batch: 50, idle_poll_ms: 60_000, ..RelayOptions::default() };
     let mut tasks = Vec::new();
     for _ in 0..relays {
-        // Each relay its own pool, as in its own process.
-        let own = Arc::new(db.store().await);
+        // On PostgreSQL each relay its own pool, as in its own process (woken by NOTIFY);
+        // SQLite has one process, whose commits wake its relay in-process.
+        let own = match backend {
+            Backend::Postgres => Arc::new(db.store().await),
+            Backend::Sqlite => Arc::new(store.clone()),
+        };
         let relay = OutboxRelay::new(own.clone(), bus.clone(), Arc::new(SystemClock), options);
         tasks.push(tokio::spawn(relay.run()));
         tasks.push(tokio::spawn(own.as_ref().clone().listen_for_outbox(db.url.clone())));
