@@ -37,7 +37,7 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { concurrency: 64, stale_after_ms: 30_000, sweep_interval_ms: 5_000 }
+        Self { concurrency: 512, stale_after_ms: 30_000, sweep_interval_ms: 5_000 }
     }
 }
 

@@ -378,7 +378,7 @@ impl Default for BusSettings {
             kind: BusKind::Memory,
             url: None,
             prefix: "ferrobank".into(),
-            prefetch: 256,
+            prefetch: 512,
             max_attempts: 5,
             initial_backoff_ms: 200,
             max_backoff_ms: 10_000,
