@@ -1989,7 +1989,15 @@ impl PaymentsBench {
         let cleanup =
             match BrokerBus::connect(self.bus, self.bus_url.as_deref(), &prefix, &config.bus).await
             {
-                Ok(Some(bus)) => bus.teardown(&[WORKER_CONSUMER]).await,
+                // Every consumer the running app declared: the worker, notifications, audit.
+                Ok(Some(bus)) => {
+                    bus.teardown(&[
+                        WORKER_CONSUMER,
+                        ferrobank_application::notifications::CONSUMER,
+                        ferrobank_application::audit_consumer::AUDIT_CONSUMER,
+                    ])
+                    .await
+                }
                 Ok(None) => Ok(()),
                 Err(error) => Err(error),
             };
