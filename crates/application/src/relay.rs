@@ -88,9 +88,6 @@ impl OutboxRelay {
     /// One claim: publishes what it got, marks what the bus confirmed. Returns how many
     /// rows were published; an error when some could not be (they stay for next time).
     pub async fn round(&self) -> Result<usize, String> {
-        if let Ok(backlog) = self.store.outbox_backlog().await {
-            metrics::gauge!("ferrobank_outbox_backlog").set(backlog as f64);
-        }
         let Some(claim) =
             self.store.claim_outbox(self.options.batch).await.map_err(|e| e.to_string())?
         else {

@@ -8,7 +8,7 @@ use ferrobank_adapters::bus::{KafkaBus, KafkaBusOptions, MemoryBus, MemoryBusOpt
 use ferrobank_adapters::bus::{RabbitBus, RabbitBusOptions};
 use ferrobank_adapters::psp::{HttpPaymentGateway, PspClientOptions};
 use ferrobank_adapters::velocity::{MemoryVelocity, RedisVelocity};
-use ferrobank_application::payments::{PaymentLimits, PaymentService, PaymentStore};
+use ferrobank_application::payments::{OutboxStore, PaymentLimits, PaymentService, PaymentStore};
 use ferrobank_application::relay::{OutboxRelay, RelayOptions};
 use ferrobank_application::worker::{PaymentWorker, WorkerOptions};
 use ferrobank_application::{
@@ -166,7 +166,7 @@ pub async fn start(
         tasks.push(tokio::spawn(worker.clone().consume(bus.clone())));
         tasks.push(tokio::spawn(worker.sweep()));
     }
-    tasks.push(tokio::spawn(report_statuses(service.clone())));
+    tasks.push(tokio::spawn(report_statuses(service.clone(), store.clone())));
     Ok(Payments { service, bus, writer, tasks, simulator })
 }
 
@@ -190,11 +190,15 @@ async fn open_clearing_accounts(ledger: &LedgerService, rules: &RiskRules) -> Re
     Ok(())
 }
 
-/// `ferrobank_payments{status}`: payments per status, every few seconds.
-async fn report_statuses(service: PaymentService) {
+/// `ferrobank_payments{status}` and `ferrobank_outbox_backlog`, every few seconds (not on
+/// the relay's path: a count per round would cost a query per published batch).
+async fn report_statuses(service: PaymentService, outbox: Arc<SqlStore>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tick.tick().await;
+        if let Ok(backlog) = OutboxStore::outbox_backlog(outbox.as_ref()).await {
+            metrics::gauge!("ferrobank_outbox_backlog").set(backlog as f64);
+        }
         if let Ok(counts) = service.store().count_by_status().await {
             for (status, n) in counts {
                 metrics::gauge!("ferrobank_payments", "status" => status.as_str()).set(n as f64);

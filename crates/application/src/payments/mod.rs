@@ -298,6 +298,20 @@ impl PaymentService {
         Ok(self.payments.payments(&query).await?)
     }
 
+    /// One payment held for review (risk analysts only).
+    pub async fn review_item(
+        &self,
+        caller: Option<&Principal>,
+        id: PaymentId,
+    ) -> Result<Payment, PaymentsError> {
+        require_analyst(caller)?;
+        let payment = self.get(caller, id).await?;
+        match payment.status {
+            PaymentStatus::HeldForReview => Ok(payment),
+            _ => Err(PaymentsError::NotFound("the review")),
+        }
+    }
+
     /// A risk analyst's decision on a held payment: approval sends it on (its hold stays),
     /// rejection ends it and releases the hold.
     pub async fn review(

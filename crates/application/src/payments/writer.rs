@@ -347,12 +347,14 @@ fn transition(
             .unwrap_or(Err(ferrobank_domain::TransferError::LinkedEventFailed))
             .map_err(PaymentsError::Ledger)?;
     }
-    if payment.status == PaymentStatus::Failed || payment.status == PaymentStatus::Rejected {
-        payment.failure_code = Some(
-            failure_code
-                .unwrap_or(if payment.reviewer.is_some() { "review_rejected" } else { "failed" })
-                .to_owned(),
-        );
+    // Only an analyst rejects an existing payment (the risk check's denial is `create`'s).
+    let default_code = match payment.status {
+        PaymentStatus::Rejected => Some("review_rejected"),
+        PaymentStatus::Failed => Some("failed"),
+        _ => None,
+    };
+    if let Some(default_code) = default_code {
+        payment.failure_code = Some(failure_code.unwrap_or(default_code).to_owned());
     }
     for event in events {
         changes.outbox.push(OutboxMessage::payment(&payment, event, actor, None));

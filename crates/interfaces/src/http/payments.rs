@@ -353,12 +353,7 @@ pub async fn get_review(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult {
-    let service = service(&state)?;
-    service.reviews(caller.principal(), None, 1).await?;
-    let payment = service.get(caller.principal(), PaymentId(id)).await?;
-    if payment.status != PaymentStatus::HeldForReview {
-        return Err(Problem::not_found("the review"));
-    }
+    let payment = service(&state)?.review_item(caller.principal(), PaymentId(id)).await?;
     Ok(Json(PaymentDto::from(payment)).into_response())
 }
 
