@@ -165,6 +165,16 @@ ensure_mongo() {
   log "MongoDB wire server ready at $MONGO_HOST:$MONGO_PORT"
 }
 
+# The SMTP server of the email tests (crates/ferrobank/tests/notifications.rs): aiosmtpd
+# from PyPI; each test starts its own (`python3 -m aiosmtpd`) on a port of its own.
+ensure_aiosmtpd() {
+  if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    log "aiosmtpd is not installed: installing it with pip"
+    python3 -m pip install --quiet aiosmtpd
+  fi
+  export FERROBANK_TEST_PYTHON="$(command -v python3)"
+}
+
 ensure_nextest() {
   if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
@@ -247,6 +257,7 @@ ensure_redis
 ensure_rabbitmq
 ensure_kafka
 ensure_mongo
+ensure_aiosmtpd
 ensure_nextest
 ensure_oidc_provider
 ensure_oic

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_adapters::{Backend, SqlStore};
 use ferrobank_application::notifications::{
-    AttemptRecord, DeliveryAttempt, DeliveryStatus, Notification, NotificationStore, ReplayOutcome,
-    WebhookDelivery, WebhookEndpoint, generate_secret,
+    AttemptRecord, DeliveryAttempt, DeliveryStatus, EmailDelivery, Notification, NotificationStore,
+    ReplayOutcome, WebhookDelivery, WebhookEndpoint, generate_secret,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -44,6 +44,7 @@ on_every_backend!(
     replay_starts_a_new_series_of_the_same_message,
     concurrent_deliverers_never_claim_the_same_delivery,
     deliveries_page_with_their_log,
+    emails_are_once_per_owner_and_event_and_claimed_like_deliveries,
 );
 
 const NOW: i64 = 1_750_000_000_000;
@@ -374,4 +375,72 @@ async fn deliveries_page_with_their_log(db: &TestDatabase) {
     assert_eq!(attempt.duration_ms, 12);
     assert_eq!(rest.items[0].delivery.last_error.as_deref(), Some("connection refused"));
     assert!(store.deliveries(Uuid::now_v7(), None, 10).await.unwrap().items.is_empty());
+}
+
+fn email(owner: &str, event: &str, status: DeliveryStatus, due_ms: Option<i64>) -> EmailDelivery {
+    EmailDelivery {
+        id: Uuid::now_v7(),
+        owner: owner.into(),
+        event_id: event.into(),
+        event_type: "transaction.completed".into(),
+        recipient: (status != DeliveryStatus::Skipped).then(|| format!("{owner}@example.com")),
+        subject: "Payment completed: 12.34 EUR".into(),
+        body: "Payment completed: 12.34 EUR\n".into(),
+        status,
+        attempts: 0,
+        next_attempt_at_ms: due_ms,
+        created_at_ms: NOW,
+        updated_at_ms: NOW,
+        last_error: (status == DeliveryStatus::Skipped).then(|| "no address".to_owned()),
+    }
+}
+
+async fn emails_are_once_per_owner_and_event_and_claimed_like_deliveries(db: &TestDatabase) {
+    let store = store(db).await;
+    let first = email("alice", "ev-1", DeliveryStatus::Pending, Some(NOW));
+    let n = notification("alice", "ev-1");
+    let recorded = store.record_event_with_email(&n, &[], Some(&first)).await.unwrap();
+    assert_eq!(recorded.email_created, Some(DeliveryStatus::Pending));
+    // Redelivered (even with another address by now): nothing new.
+    let again = email("alice", "ev-1", DeliveryStatus::Pending, Some(NOW));
+    let recorded = store.record_event_with_email(&n, &[], Some(&again)).await.unwrap();
+    assert_eq!(recorded.email_created, None);
+    assert_eq!(store.email_delivery("alice", "ev-1").await.unwrap(), Some(first.clone()));
+    let skipped = email("bob", "ev-1", DeliveryStatus::Skipped, None);
+    let recorded = store
+        .record_event_with_email(&notification("bob", "ev-1"), &[], Some(&skipped))
+        .await
+        .unwrap();
+    assert_eq!(recorded.email_created, Some(DeliveryStatus::Skipped));
+
+    // Only pending, due rows are claimed; a claim holds for its lease.
+    let claimed = store.claim_due_emails(NOW, NOW + 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].email, first);
+    assert!(store.claim_due_emails(NOW + 999, NOW + 2_000, 10).await.unwrap().is_empty());
+    let taken_over = store.claim_due_emails(NOW + 1_000, NOW + 3_000, 10).await.unwrap();
+    assert_eq!(taken_over.len(), 1, "the lease ran out");
+    let retry = EmailDelivery {
+        attempts: 1,
+        next_attempt_at_ms: Some(NOW + 5_000),
+        last_error: Some("connection refused".into()),
+        ..first.clone()
+    };
+    assert!(!store.record_email_attempt(claimed[0].claim, &retry, NOW + 1_001).await.unwrap());
+    assert!(store.record_email_attempt(taken_over[0].claim, &retry, NOW + 1_001).await.unwrap());
+    let stored = store.email_delivery("alice", "ev-1").await.unwrap().unwrap();
+    assert_eq!((stored.attempts, stored.next_attempt_at_ms), (1, Some(NOW + 5_000)));
+    assert_eq!(stored.last_error.as_deref(), Some("connection refused"));
+    let retried = store.claim_due_emails(NOW + 5_000, NOW + 6_000, 10).await.unwrap();
+    let sent = EmailDelivery {
+        status: DeliveryStatus::Delivered,
+        attempts: 2,
+        next_attempt_at_ms: None,
+        last_error: None,
+        ..first.clone()
+    };
+    assert!(store.record_email_attempt(retried[0].claim, &sent, NOW + 5_001).await.unwrap());
+    assert!(store.claim_due_emails(i64::MAX, i64::MAX, 10).await.unwrap().is_empty());
+    let stored = store.email_delivery("alice", "ev-1").await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.attempts), (DeliveryStatus::Delivered, 2));
 }

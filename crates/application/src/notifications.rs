@@ -10,6 +10,17 @@
 //! ([`NotificationService::record_attempt`]), which schedules the next one by the
 //! [`WebhookPolicy`].
 //!
+//! With an SMTP server configured ([`NotificationService::with_email`]) the same
+//! transaction also records one [`EmailDelivery`] per (owner, event id) to the owner's
+//! verified address, found through the [`RecipientDirectory`] port (the identity store);
+//! an owner without one gets a `skipped` row saying why. The email deliverer
+//! (`ferrobank-interfaces::email`) claims and records them like webhooks, by the same
+//! policy: at least once, and never twice for a redelivered event.
+//!
+//! Webhook URLs on loopback, private, link-local or unique-local addresses (and
+//! `localhost`) are refused unless [`WebhookPolicy::allow_private`]: see
+//! [`forbidden_address`], which the deliverer also applies to resolved addresses.
+//!
 //! Who sees what mirrors [`crate::access`]: a customer sees only what it owns (anything
 //! else is "not found"), `banking-admin` sees everything, and with authentication off
 //! (`None` caller) everything is visible.
@@ -81,6 +92,9 @@ pub struct WebhookPolicy {
     pub timeout_ms: u64,
     /// Whether `http://` endpoints may be registered (else `https://` only).
     pub allow_http: bool,
+    /// Whether endpoints may be (or resolve to) loopback, private, link-local or
+    /// unique-local addresses; off, such URLs are refused and such connections not made.
+    pub allow_private: bool,
 }
 
 impl Default for WebhookPolicy {
@@ -91,6 +105,7 @@ impl Default for WebhookPolicy {
             backoff_ms: vec![5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000],
             timeout_ms: 10_000,
             allow_http: true,
+            allow_private: false,
         }
     }
 }
@@ -125,6 +140,76 @@ impl WebhookPolicy {
     /// How long a claim holds a delivery, in milliseconds.
     pub fn lease_ms(&self) -> u64 {
         self.timeout_ms.saturating_add(LEASE_MARGIN_MS)
+    }
+
+    /// What follows attempt `attempt` (1-based) at `now_ms`: delivered, else the next
+    /// attempt after its backoff, or `failed` after the last one (or at once when
+    /// `retryable` is false). The one schedule of webhooks and emails.
+    pub fn after_attempt(
+        &self,
+        attempt: u32,
+        delivered: bool,
+        retryable: bool,
+        now_ms: i64,
+    ) -> (DeliveryStatus, Option<i64>) {
+        if delivered {
+            (DeliveryStatus::Delivered, None)
+        } else if attempt >= self.max_attempts || !retryable {
+            (DeliveryStatus::Failed, None)
+        } else {
+            let backoff = i64::try_from(self.backoff_after_ms(attempt)).unwrap_or(i64::MAX);
+            (DeliveryStatus::Pending, Some(now_ms.saturating_add(backoff)))
+        }
+    }
+}
+
+/// Whether a webhook may not connect to `ip` unless private addresses are allowed:
+/// unspecified, loopback, private (RFC 1918), shared (RFC 6598), link-local (cloud metadata
+/// at 169.254.169.254 included), broadcast, IPv6 unique-local (`fc00::/7`) and link-local
+/// (`fe80::/10`), and IPv4 addresses mapped into IPv6.
+pub fn forbidden_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_unspecified()
+                || v6.is_loopback()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Why `url`'s host is refused while private addresses are not allowed: an IP literal
+/// that [`forbidden_address`] names, or `localhost` (and its subdomains). `None`: allowed
+/// here (a name is checked again once resolved, at delivery).
+pub fn forbidden_host(url: &url::Url) -> Option<String> {
+    match url.host()? {
+        url::Host::Ipv4(ip) if forbidden_address(ip.into()) => {
+            Some(format!("{ip} is a loopback, private or link-local address"))
+        }
+        url::Host::Ipv6(ip) if forbidden_address(ip.into()) => {
+            Some(format!("{ip} is a loopback, private or link-local address"))
+        }
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            (name == "localhost" || name.ends_with(".localhost"))
+                .then(|| format!("{name} is a loopback name"))
+        }
+        _ => None,
     }
 }
 
@@ -172,6 +257,9 @@ pub enum DeliveryStatus {
     Failed,
     /// Its endpoint was deleted before it was delivered.
     Cancelled,
+    /// Never attempted: nothing to send to (an email for an owner without a verified
+    /// address); `last_error` says why.
+    Skipped,
 }
 
 impl DeliveryStatus {
@@ -182,12 +270,13 @@ impl DeliveryStatus {
             Self::Delivered => "delivered",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
         }
     }
 
     /// The status named by [`DeliveryStatus::as_str`].
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Pending, Self::Delivered, Self::Failed, Self::Cancelled]
+        [Self::Pending, Self::Delivered, Self::Failed, Self::Cancelled, Self::Skipped]
             .into_iter()
             .find(|status| status.as_str() == name)
     }
@@ -248,6 +337,71 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
     /// The first bytes of the answer's body (at most [`MAX_RESPONSE_PREFIX_BYTES`]).
     pub response_prefix: Option<String>,
+}
+
+/// One event's email to its owner: unique per (owner, event id), so a redelivered event
+/// sends nothing more; attempted by the email deliverer under the [`WebhookPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailDelivery {
+    /// Its id (UUID v7); also the `Message-ID` (`<id@ferrobank>`) on every attempt, so a
+    /// mail system can drop a copy sent again after a lost answer.
+    pub id: Uuid,
+    /// Whose event it announces.
+    pub owner: String,
+    /// The bus event (unique per owner).
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The address, as the identity store had it; `None` when skipped for lack of one.
+    pub recipient: Option<String>,
+    /// The subject: the in-app title (`Payment completed: 25.00 EUR`).
+    pub subject: String,
+    /// The plain-text body.
+    pub body: String,
+    /// Where it stands (`skipped`: never attempted).
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only), Unix milliseconds.
+    pub next_attempt_at_ms: Option<i64>,
+    /// When it was created, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// When it last changed, Unix milliseconds.
+    pub updated_at_ms: i64,
+    /// Why the last attempt failed, or why it was skipped.
+    pub last_error: Option<String>,
+}
+
+/// An email a deliverer holds for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEmail {
+    /// The email as claimed (`attempts` not yet counting this one).
+    pub email: EmailDelivery,
+    /// The claim token: only its holder may record the attempt.
+    pub claim: Uuid,
+}
+
+/// How one email attempt went, as the deliverer saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailOutcome {
+    /// The SMTP server accepted the message.
+    Sent,
+    /// Not accepted; `permanent` failures (a 5xx answer, an unusable address) are not
+    /// retried.
+    Failed {
+        /// Why, for the delivery row.
+        error: String,
+        /// Whether trying again cannot help.
+        permanent: bool,
+    },
+}
+
+/// Where an owner's email address is found: the identity store.
+#[async_trait]
+pub trait RecipientDirectory: Send + Sync + std::fmt::Debug {
+    /// The address of `owner` (a token subject): `Ok(Err(why))` when there is none to
+    /// send to (unknown user, no address, not verified).
+    async fn email_of(&self, owner: &str) -> Result<Result<String, String>, StoreError>;
 }
 
 /// Most bytes of a response body kept in the delivery log.
@@ -354,6 +508,9 @@ pub struct EventRecorded {
     pub notification_created: bool,
     /// Deliveries created (those of a redelivered event already exist).
     pub deliveries_created: usize,
+    /// The status of the email row this call created (`pending`, or `skipped` for want of
+    /// an address); `None`: no email, or recorded before.
+    pub email_created: Option<DeliveryStatus>,
 }
 
 /// What [`NotificationService::on_event`] did.
@@ -400,7 +557,38 @@ pub trait NotificationStore: Send + Sync + std::fmt::Debug {
         &self,
         notification: &Notification,
         deliveries: &[WebhookDelivery],
+    ) -> Result<EventRecorded, StoreError> {
+        self.record_event_with_email(notification, deliveries, None).await
+    }
+    /// [`NotificationStore::record_event`] plus the event's email, in the same transaction;
+    /// an email already there (same owner and event) is skipped.
+    async fn record_event_with_email(
+        &self,
+        notification: &Notification,
+        deliveries: &[WebhookDelivery],
+        email: Option<&EmailDelivery>,
     ) -> Result<EventRecorded, StoreError>;
+    /// The email of one event to `owner`, if one was recorded.
+    async fn email_delivery(
+        &self,
+        owner: &str,
+        event_id: &str,
+    ) -> Result<Option<EmailDelivery>, StoreError>;
+    /// Claims up to `max` pending emails due at `now_ms`, as [`NotificationStore::claim_due`].
+    async fn claim_due_emails(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        max: u32,
+    ) -> Result<Vec<ClaimedEmail>, StoreError>;
+    /// Records attempt `attempt` of a claimed email and its next state, if `claim` still
+    /// holds it; `false` when the claim was lost and nothing changed.
+    async fn record_email_attempt(
+        &self,
+        claim: Uuid,
+        email: &EmailDelivery,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// One notification.
     async fn notification(&self, id: Uuid) -> Result<Option<Notification>, StoreError>;
     /// An owner's notifications, newest first, with ids below `after`.
@@ -459,6 +647,10 @@ pub enum NotificationError {
     /// The endpoint URL is refused.
     #[error("invalid url: {0}")]
     InvalidUrl(String),
+    /// The endpoint URL names a loopback, private or link-local host, and
+    /// [`WebhookPolicy::allow_private`] is off.
+    #[error("url not allowed: {0}; webhooks go to public addresses only")]
+    PrivateUrl(String),
     /// The event types are refused.
     #[error("invalid event types: {0}")]
     InvalidEventTypes(String),
@@ -509,6 +701,8 @@ pub struct NotificationService {
     store: Arc<dyn NotificationStore>,
     clock: Arc<dyn Clock>,
     policy: Arc<WebhookPolicy>,
+    /// Where email addresses are found; `None`: no email (no SMTP server configured).
+    directory: Option<Arc<dyn RecipientDirectory>>,
 }
 
 /// Whether `caller` may see what `owner` owns (`None`: authentication is off).
@@ -547,8 +741,13 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
 }
 
 /// Checks an endpoint URL: at most [`MAX_URL_BYTES`], `https` (or `http` when allowed),
-/// a host, no credentials, no fragment.
-pub fn validate_url(url: &str, allow_http: bool) -> Result<(), NotificationError> {
+/// a host, no credentials, no fragment, and (unless `allow_private`) no loopback, private
+/// or link-local host ([`forbidden_host`]).
+pub fn validate_url(
+    url: &str,
+    allow_http: bool,
+    allow_private: bool,
+) -> Result<(), NotificationError> {
     let invalid = |why: &str| Err(NotificationError::InvalidUrl(why.to_owned()));
     if url.is_empty() || url.len() > MAX_URL_BYTES {
         return invalid(&format!("must be 1 to {MAX_URL_BYTES} bytes"));
@@ -570,6 +769,9 @@ pub fn validate_url(url: &str, allow_http: bool) -> Result<(), NotificationError
     }
     if parsed.fragment().is_some() || url.contains('#') {
         return invalid("fragments are not allowed");
+    }
+    if !allow_private && let Some(why) = forbidden_host(&parsed) {
+        return Err(NotificationError::PrivateUrl(why));
     }
     Ok(())
 }
@@ -631,6 +833,31 @@ fn title(event_type: &str, data: &Value) -> String {
     }
 }
 
+/// The plain-text body of a payment event's email: the title, then the payment's facts.
+fn email_body(title: &str, data: &Value) -> String {
+    let mut body = format!("{title}\n\n");
+    let field = |name: &str| data.get(name).and_then(Value::as_str).map(str::to_owned);
+    let facts = [
+        ("Payment", field("payment_id")),
+        ("Status", field("status")),
+        ("Reference", field("reference")),
+        (
+            "Beneficiary",
+            data.pointer("/beneficiary/name").and_then(Value::as_str).map(str::to_owned),
+        ),
+    ];
+    for (label, value) in facts {
+        if let Some(value) = value {
+            let value: String = value.chars().filter(|c| !c.is_control()).take(200).collect();
+            body.push_str(&format!("{label}: {value}\n"));
+        }
+    }
+    body.push_str(
+        "\nThe details are in your ferrobank inbox. This message was sent automatically.\n",
+    );
+    body
+}
+
 /// `1234` minor units with exponent 2 as `12.34`; integers only.
 fn format_minor(minor: i64, exponent: u16) -> String {
     let sign = if minor < 0 { "-" } else { "" };
@@ -651,7 +878,19 @@ impl NotificationService {
         policy: WebhookPolicy,
     ) -> Result<Self, String> {
         policy.validate()?;
-        Ok(Self { store, clock, policy: Arc::new(policy) })
+        Ok(Self { store, clock, policy: Arc::new(policy), directory: None })
+    }
+
+    /// The same service, also recording an email per event to the owner's address found in
+    /// `directory` (only when an SMTP server is configured to send them).
+    pub fn with_email(mut self, directory: Arc<dyn RecipientDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Whether events are emailed.
+    pub fn email_enabled(&self) -> bool {
+        self.directory.is_some()
     }
 
     /// The delivery policy.
@@ -728,7 +967,33 @@ impl NotificationService {
                 }
             })
             .collect();
-        let recorded = self.store.record_event(&notification, &deliveries).await?;
+        let email = match &self.directory {
+            None => None,
+            Some(directory) => {
+                let (recipient, status, next_attempt_at_ms, last_error) =
+                    match directory.email_of(&owner).await? {
+                        Ok(address) => (Some(address), DeliveryStatus::Pending, Some(now_ms), None),
+                        Err(why) => (None, DeliveryStatus::Skipped, None, Some(why)),
+                    };
+                Some(EmailDelivery {
+                    id: Uuid::now_v7(),
+                    owner: owner.clone(),
+                    event_id: event.id.clone(),
+                    event_type: event.type_.clone(),
+                    recipient,
+                    subject: notification.title.clone(),
+                    body: email_body(&notification.title, data),
+                    status,
+                    attempts: 0,
+                    next_attempt_at_ms,
+                    created_at_ms: now_ms,
+                    updated_at_ms: now_ms,
+                    last_error,
+                })
+            }
+        };
+        let recorded =
+            self.store.record_event_with_email(&notification, &deliveries, email.as_ref()).await?;
         Ok(EventOutcome::Recorded(recorded))
     }
 
@@ -739,7 +1004,7 @@ impl NotificationService {
         new: NewEndpoint,
     ) -> Result<(WebhookEndpoint, String), NotificationError> {
         let owner = owner_for(caller, new.owner.as_deref())?;
-        validate_url(&new.url, self.policy.allow_http)?;
+        validate_url(&new.url, self.policy.allow_http, self.policy.allow_private)?;
         let event_types = validate_event_types(&new.event_types)?;
         let description = new.description.filter(|d| !d.is_empty());
         if description.as_ref().is_some_and(|d| {
@@ -882,14 +1147,12 @@ impl NotificationService {
     ) -> Result<Option<DeliveryStatus>, StoreError> {
         let attempt = claimed.delivery.attempts.saturating_add(1);
         let now_ms = self.clock.now_ms();
-        let (status, next_attempt_at_ms) = if outcome.delivered() {
-            (DeliveryStatus::Delivered, None)
-        } else if attempt >= self.policy.max_attempts || !claimed.endpoint.active() {
-            (DeliveryStatus::Failed, None)
-        } else {
-            let backoff = i64::try_from(self.policy.backoff_after_ms(attempt)).unwrap_or(i64::MAX);
-            (DeliveryStatus::Pending, Some(now_ms.saturating_add(backoff)))
-        };
+        let (status, next_attempt_at_ms) = self.policy.after_attempt(
+            attempt,
+            outcome.delivered(),
+            claimed.endpoint.active(),
+            now_ms,
+        );
         let record = AttemptRecord {
             attempt: DeliveryAttempt {
                 delivery_id: claimed.delivery.id,
@@ -906,6 +1169,50 @@ impl NotificationService {
         };
         let recorded = self.store.record_attempt(claimed.claim, &record, now_ms).await?;
         Ok(recorded.then_some(status))
+    }
+
+    /// Claims up to `max` due emails for one attempt each.
+    pub async fn claim_due_emails(&self, max: u32) -> Result<Vec<ClaimedEmail>, StoreError> {
+        let now_ms = self.clock.now_ms();
+        let lease_ms = i64::try_from(self.policy.lease_ms()).unwrap_or(i64::MAX);
+        self.store.claim_due_emails(now_ms, now_ms.saturating_add(lease_ms), max).await
+    }
+
+    /// Records one attempt of a claimed email and schedules what follows by the policy
+    /// (permanent failures are not retried). Returns the new status, or `None` when the
+    /// claim was lost.
+    pub async fn record_email_attempt(
+        &self,
+        claimed: &ClaimedEmail,
+        outcome: EmailOutcome,
+    ) -> Result<Option<DeliveryStatus>, StoreError> {
+        let attempt = claimed.email.attempts.saturating_add(1);
+        let now_ms = self.clock.now_ms();
+        let (sent, retryable, error) = match outcome {
+            EmailOutcome::Sent => (true, true, None),
+            EmailOutcome::Failed { error, permanent } => (false, !permanent, Some(error)),
+        };
+        let (status, next_attempt_at_ms) =
+            self.policy.after_attempt(attempt, sent, retryable, now_ms);
+        let email = EmailDelivery {
+            status,
+            attempts: attempt,
+            next_attempt_at_ms,
+            updated_at_ms: now_ms,
+            last_error: error,
+            ..claimed.email.clone()
+        };
+        let recorded = self.store.record_email_attempt(claimed.claim, &email, now_ms).await?;
+        Ok(recorded.then_some(status))
+    }
+
+    /// The email of one event to `owner`, if one was recorded.
+    pub async fn email_delivery(
+        &self,
+        owner: &str,
+        event_id: &str,
+    ) -> Result<Option<EmailDelivery>, StoreError> {
+        self.store.email_delivery(owner, event_id).await
     }
 
     /// The current time of the service's clock, Unix milliseconds.
@@ -927,13 +1234,14 @@ mod tests {
             client_id: None,
             scopes: Default::default(),
             issuer: "https://idp.example/realms/ferrobank".into(),
+            tier: None,
         }
     }
 
     #[test]
     fn urls_are_https_or_allowed_http_without_credentials_or_fragments() {
-        assert!(validate_url("https://hooks.example.com/in?x=1", false).is_ok());
-        assert!(validate_url("http://127.0.0.1:9000/hook", true).is_ok());
+        assert!(validate_url("https://hooks.example.com/in?x=1", false, false).is_ok());
+        assert!(validate_url("http://127.0.0.1:9000/hook", true, true).is_ok());
         for bad in [
             "http://hooks.example.com/in",
             "ftp://hooks.example.com/in",
@@ -944,10 +1252,66 @@ mod tests {
             "/relative",
             "",
         ] {
-            assert!(validate_url(bad, false).is_err(), "{bad}");
+            assert!(validate_url(bad, false, true).is_err(), "{bad}");
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
-        assert!(validate_url(&long, true).is_err());
+        assert!(validate_url(&long, true, true).is_err());
+    }
+
+    #[test]
+    fn private_hosts_are_refused_unless_allowed() {
+        for private in [
+            "http://127.0.0.1:9000/hook",
+            "http://127.1.2.3/hook",
+            "https://10.0.0.8/hook",
+            "https://172.16.4.1/hook",
+            "https://192.168.1.1/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://0.0.0.0/hook",
+            "https://100.64.0.1/hook",
+            "https://[::1]/hook",
+            "https://[::]/hook",
+            "https://[fd00::1]/hook",
+            "https://[fe80::1]/hook",
+            "https://[::ffff:127.0.0.1]/hook",
+            "https://localhost/hook",
+            "https://LocalHost./hook",
+            "https://api.localhost/hook",
+        ] {
+            assert!(
+                matches!(validate_url(private, true, false), Err(NotificationError::PrivateUrl(_))),
+                "{private}"
+            );
+            assert!(validate_url(private, true, true).is_ok(), "{private}");
+        }
+        for public in [
+            "https://hooks.example.com/in",
+            "https://93.184.216.34/in",
+            "https://[2606:4700::1111]/in",
+            "https://172.32.0.1/in",
+            "https://localhost.example.com/in",
+        ] {
+            assert!(validate_url(public, false, false).is_ok(), "{public}");
+        }
+    }
+
+    #[test]
+    fn one_schedule_for_every_channel() {
+        let policy = WebhookPolicy { backoff_ms: vec![10], max_attempts: 3, ..Default::default() };
+        assert_eq!(policy.after_attempt(1, true, true, 0), (DeliveryStatus::Delivered, None));
+        assert_eq!(policy.after_attempt(1, false, true, 5), (DeliveryStatus::Pending, Some(15)));
+        assert_eq!(policy.after_attempt(1, false, false, 5), (DeliveryStatus::Failed, None));
+        assert_eq!(policy.after_attempt(3, false, true, 5), (DeliveryStatus::Failed, None));
+    }
+
+    #[test]
+    fn email_bodies_carry_the_title_and_the_payments_facts() {
+        let data = json!({"payment_id": "p-1", "status": "completed", "reference": "rent\r\nBcc: x",
+                          "beneficiary": {"name": "Erika"}, "amount": 2500, "currency": "EUR"});
+        let body = email_body(&title("transaction.completed", &data), &data);
+        assert!(body.starts_with("Payment completed: 25.00 EUR\n\n"), "{body}");
+        assert!(body.contains("Payment: p-1\n") && body.contains("Beneficiary: Erika\n"), "{body}");
+        assert!(body.contains("Reference: rentBcc: x\n"), "control characters dropped: {body}");
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl Cli {
         match self.command {
             Command::Up { location, listen, no_demo, realm_files, bus } => {
                 let overrides = location.overrides(listen).realms(realm_files).bus(bus);
-                let config = Config::load(config_file, &overrides)?;
+                let config = Config::load_over(Config::laptop(), config_file, &overrides)?;
                 init_logging(&config);
                 let store = open_store(&config, true).await?;
                 crate::server::serve(config, store, !no_demo, crate::server::Roles::ALL).await?;

@@ -155,8 +155,8 @@ impl PspSimSettings {
     }
 }
 
-/// `[notifications]`: the in-app inbox and signed webhooks (Standard Webhooks) of payment
-/// events. No email: ferrobank carries no SMTP client.
+/// `[notifications]`: the in-app inbox, signed webhooks (Standard Webhooks) and, with
+/// `smtp_url`, emails of payment events.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotificationsSettings {
@@ -171,6 +171,17 @@ pub struct NotificationsSettings {
     /// Whether `http://` endpoints may be registered (else `https://` only); on for local
     /// development, turn it off in production.
     pub allow_http: bool,
+    /// Whether webhook URLs may name (or resolve to) loopback, private, link-local or
+    /// unique-local addresses or `localhost`. Off by default (no SSRF into the bank's own
+    /// network or the cloud metadata service); on for a laptop's local receivers.
+    pub allow_private_webhook_urls: bool,
+    /// The SMTP server emails go through: `smtp://host:port`, `smtps://user:pass@host:465`,
+    /// or `smtp://user:pass@host:587?tls=required` (STARTTLS). Unset: no email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+    /// The `From` of emails (`ferrobank <payments@bank.example>`); required with `smtp_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_from: Option<String>,
     /// How often the deliverer looks for due deliveries, in milliseconds.
     pub poll_interval_ms: u64,
     /// Most deliveries attempted at once.
@@ -187,6 +198,9 @@ impl Default for NotificationsSettings {
             backoff_ms: policy.backoff_ms,
             timeout_ms: policy.timeout_ms,
             allow_http: policy.allow_http,
+            allow_private_webhook_urls: policy.allow_private,
+            smtp_url: None,
+            email_from: None,
             poll_interval_ms: deliverer.poll_interval_ms,
             max_batch: deliverer.max_batch,
         }
@@ -201,6 +215,7 @@ impl NotificationsSettings {
             backoff_ms: self.backoff_ms.clone(),
             timeout_ms: self.timeout_ms,
             allow_http: self.allow_http,
+            allow_private: self.allow_private_webhook_urls,
         }
     }
 }
@@ -665,9 +680,27 @@ pub struct IdentityOverrides {
 }
 
 impl Config {
+    /// The defaults of `ferrobank up`, the laptop: [`Config::default`], except that
+    /// webhooks may go to local receivers (`allow_private_webhook_urls`), as the README's
+    /// quick start does. A file or the environment still decides.
+    pub fn laptop() -> Self {
+        let mut config = Self::default();
+        config.notifications.allow_private_webhook_urls = true;
+        config
+    }
+
     /// Loads the layers. `file` is `--config`; without it `ferrobank.toml` is read if present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Self::load_over(Config::default(), file, overrides)
+    }
+
+    /// [`Config::load`] over other defaults ([`Config::laptop`]).
+    pub fn load_over(
+        defaults: Config,
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         match file {
             Some(path) if !path.exists() => {
                 return Err(format!("config file {} does not exist", path.display()));
@@ -732,6 +765,19 @@ impl Config {
         if notifications.poll_interval_ms == 0 || !(1..=1_000).contains(&notifications.max_batch) {
             return Err("notifications: poll_interval_ms must be > 0, max_batch 1 to 1000".into());
         }
+        match (&notifications.smtp_url, &notifications.email_from) {
+            (Some(url), Some(from)) => {
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    return Err("notifications.smtp_url must start with smtp:// or smtps://".into());
+                }
+                ferrobank_interfaces::email::EmailSender::new(url, from, notifications.timeout_ms)
+                    .map_err(|e| format!("notifications.{e}"))?;
+            }
+            (Some(_), None) => {
+                return Err("notifications.email_from is required with smtp_url".into());
+            }
+            (None, _) => {}
+        }
         Ok(())
     }
 
@@ -748,6 +794,7 @@ impl Config {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.as_deref().map(redact_url);
         shown.audit.mongo_url = shown.audit.mongo_url.as_deref().map(redact_url);
+        shown.notifications.smtp_url = shown.notifications.smtp_url.as_deref().map(redact_url);
         for secret in [&mut shown.identity.dev_password, &mut shown.identity.dev_client_secret] {
             if secret.is_some() {
                 *secret = Some("***".into());
@@ -821,6 +868,22 @@ mod tests {
         config.audit.mongo_url = None;
         config.audit.denied_queue = 0;
         assert!(config.validate().is_err_and(|e| e.contains("audit.denied_queue")));
+    }
+
+    #[test]
+    fn smtp_needs_a_sender_and_its_password_is_redacted() {
+        let mut config = Config::default();
+        assert!(!config.notifications.allow_private_webhook_urls, "safe by default");
+        config.notifications.smtp_url = Some("smtps://mailer:hunter2@smtp.example:465".into());
+        assert!(config.validate().is_err_and(|e| e.contains("email_from")));
+        config.notifications.email_from = Some("ferrobank <payments@bank.example>".into());
+        assert_eq!(config.validate(), Ok(()));
+        let text = config.redacted_toml();
+        assert!(!text.contains("hunter2") && text.contains("mailer:***@"), "{text}");
+        config.notifications.email_from = Some("not an address".into());
+        assert!(config.validate().is_err_and(|e| e.contains("email_from")));
+        config.notifications.smtp_url = Some("http://smtp.example".into());
+        assert!(config.validate().is_err_and(|e| e.contains("smtp_url")));
     }
 
     #[test]

@@ -1,19 +1,23 @@
-//! Wiring of notifications: the `notifications` consumer of the event bus and the webhook
-//! deliverer, over the SQL store.
+//! Wiring of notifications: the `notifications` consumer of the event bus, the webhook
+//! deliverer and, with `[notifications] smtp_url`, the email deliverer, over the SQL store.
+//! Email addresses come from the built-in provider's users of `[identity] realm` as stored
+//! (users of an external Keycloak are unknown here: their emails are `skipped`).
 //!
 //! The consumer acks an event once `on_event` has committed, asks for a retry when the
 //! store failed (the bus redelivers after its backoff; de-duplication by event id makes
 //! that safe) and rejects an event whose data can never be a payment (poison, to the
-//! dead-letter queue). Email is not sent: no SMTP client is among ferrobank's dependencies.
+//! dead-letter queue).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobank_adapters::SqlStore;
-use ferrobank_application::notifications::{CONSUMER, EVENT_TYPES};
+use ferrobank_adapters::idp::RealmDirectory;
+use ferrobank_application::notifications::{CONSUMER, DeliveryStatus, EVENT_TYPES, EventOutcome};
 use ferrobank_application::{
     Clock, EventBus, NotificationError, NotificationService, Subscription,
 };
+use ferrobank_interfaces::email::{EmailSender, spawn_email_deliverer};
 use ferrobank_interfaces::webhooks::{DelivererOptions, spawn_deliverer};
 use tokio::task::JoinHandle;
 
@@ -32,22 +36,29 @@ pub async fn start(
     clock: Arc<dyn Clock>,
 ) -> Result<(NotificationService, Vec<JoinHandle<()>>), String> {
     let settings = &config.notifications;
-    let service = NotificationService::new(Arc::new(store.clone()), clock, settings.policy())
+    let mut service = NotificationService::new(Arc::new(store.clone()), clock, settings.policy())
         .map_err(|e| format!("notifications: {e}"))?;
+    let options = DelivererOptions {
+        poll_interval_ms: settings.poll_interval_ms,
+        max_batch: settings.max_batch,
+    };
+    let mut tasks = Vec::new();
+    if let (Some(url), Some(from)) = (&settings.smtp_url, &settings.email_from) {
+        let sender = EmailSender::new(url, from, settings.timeout_ms)
+            .map_err(|e| format!("notifications: {e}"))?;
+        let directory = RealmDirectory::new(store.clone(), config.identity.realm.clone());
+        service = service.with_email(Arc::new(directory));
+        tasks.push(spawn_email_deliverer(service.clone(), sender, options));
+    }
     let subscription = bus
         .subscribe(CONSUMER, &EVENT_TYPES)
         .await
         .map_err(|e| format!("notifications: subscribing to the bus: {e}"))?;
     let consumer = tokio::spawn(consume(service.clone(), bus, subscription));
-    let deliverer = spawn_deliverer(
-        service.clone(),
-        DelivererOptions {
-            poll_interval_ms: settings.poll_interval_ms,
-            max_batch: settings.max_batch,
-        },
-    )
-    .map_err(|e| format!("notifications: {e}"))?;
-    Ok((service, vec![consumer, deliverer]))
+    let deliverer =
+        spawn_deliverer(service.clone(), options).map_err(|e| format!("notifications: {e}"))?;
+    tasks.extend([consumer, deliverer]);
+    Ok((service, tasks))
 }
 
 /// The consumer loop: one event at a time, settled after its effect committed.
@@ -73,7 +84,16 @@ async fn consume(
         };
         let event_id = delivery.event().id.clone();
         let settled = match service.on_event(delivery.event()).await {
-            Ok(_) => delivery.ack().await,
+            Ok(outcome) => {
+                if let EventOutcome::Recorded(recorded) = outcome
+                    && let Some(status) = recorded.email_created
+                {
+                    let outcome =
+                        if status == DeliveryStatus::Skipped { "skipped" } else { "queued" };
+                    metrics::counter!("ferrobank_emails_total", "outcome" => outcome).increment(1);
+                }
+                delivery.ack().await
+            }
             Err(NotificationError::InvalidEvent(reason)) => {
                 tracing::warn!(event = %event_id, %reason, "notifications: poison event rejected");
                 delivery.reject().await

@@ -1,7 +1,9 @@
 //! Notifications end to end: payment events published on an in-process bus, the real
 //! router on a random port with bearer-token authentication, and a webhook receiver on
 //! another port that checks every signature with its own HMAC (not ferrobank's), answers
-//! 500 twice then 200, and records what it got.
+//! 500 twice then 200, and records what it got. Emails go to a real SMTP server
+//! (`python3 -m aiosmtpd`, one per test on a port of its own, writing a maildir), and the
+//! SSRF guard is checked with it off and on.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -15,12 +17,17 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::{Reply, TestIdp, client};
 use ferrobank::config::{Config, DEFAULT_AUDIENCE};
-use ferrobank_adapters::Backend;
 use ferrobank_adapters::bus::{MemoryBus, MemoryBusOptions};
+use ferrobank_adapters::idp::{IdentityProvider, ImportOptions};
 use ferrobank_adapters::oidc::{OidcConfig, TokenValidator};
 use ferrobank_adapters::testing::TestDatabase;
+use ferrobank_adapters::{Backend, SqlStore};
+use ferrobank_application::notifications::{
+    DeliveryStatus, EmailDelivery, NotificationStore, WebhookEndpoint, generate_secret,
+};
 use ferrobank_application::{
-    Clock, Event, EventBus, IdempotencyStore, LedgerLimits, LedgerService, SystemClock,
+    Clock, Event, EventBus, IdempotencyStore, LedgerLimits, LedgerService, NotificationService,
+    SystemClock,
 };
 use ferrobank_interfaces::{AppState, HttpLimits, metrics_handle, router};
 use hmac::{Hmac, Mac};
@@ -32,6 +39,10 @@ use uuid::Uuid;
 on_both_backends!(
     webhooks_are_signed_retried_logged_and_replayed_and_events_deduplicated,
     owners_see_only_their_own_and_bad_input_is_a_problem,
+    emails_reach_the_owners_verified_address_once_per_event,
+    emails_wait_out_an_smtp_outage_and_go_out_when_it_is_back,
+    without_smtp_no_email_is_recorded_or_attempted,
+    the_ssrf_guard_refuses_private_webhook_urls_and_connections,
 );
 
 /// Longest a test waits for an effect.
@@ -128,6 +139,8 @@ struct Harness {
     address: String,
     client: reqwest::Client,
     bus: Arc<MemoryBus>,
+    store: SqlStore,
+    service: NotificationService,
     idp: TestIdp,
     tasks: Vec<JoinHandle<()>>,
     _db: TestDatabase,
@@ -142,7 +155,15 @@ impl Drop for Harness {
 }
 
 impl Harness {
+    /// Webhooks to the test's local receivers: private addresses allowed.
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |config| {
+            config.notifications.allow_private_webhook_urls = true;
+        })
+        .await
+    }
+
+    async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
         let idp = TestIdp::start().await;
         let db = TestDatabase::new(backend).await;
         let store = db.store().await;
@@ -151,12 +172,14 @@ impl Harness {
         config.notifications.max_attempts = 5;
         config.notifications.timeout_ms = 5_000;
         config.notifications.poll_interval_ms = 10;
+        configure(&mut config);
         let bus = Arc::new(MemoryBus::new(MemoryBusOptions::default()).unwrap());
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let (service, mut tasks) =
             ferrobank::notifications::start(&config, &store, bus.clone(), clock.clone())
                 .await
                 .unwrap();
+        let sql = store.clone();
         let store = Arc::new(store);
         let (ledger, writer) =
             LedgerService::start(store.clone(), clock.clone(), LedgerLimits::default());
@@ -173,7 +196,7 @@ impl Harness {
             idp: None,
             api: true,
             payments: None,
-            notifications: Some(service),
+            notifications: Some(service.clone()),
             audit: None,
             activity: None,
             audit_sink: None,
@@ -184,7 +207,7 @@ impl Harness {
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         }));
-        Self { address, client: client(), bus, idp, tasks, _db: db }
+        Self { address, client: client(), bus, store: sql, service, idp, tasks, _db: db }
     }
 
     fn token(&self, subject: &str, role: &str) -> String {
@@ -468,4 +491,267 @@ async fn owners_see_only_their_own_and_bad_input_is_a_problem(backend: Backend) 
 fn now_s() -> i64 {
     let elapsed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     i64::try_from(elapsed.as_secs()).unwrap()
+}
+
+/// A real SMTP server: `python3 -m aiosmtpd` on a port of its own, writing what it
+/// accepts to a maildir; killed when dropped.
+struct SmtpServer {
+    child: std::process::Child,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpServer {
+    /// A port nothing listens on (yet).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    async fn start(port: u16) -> Self {
+        let maildir = std::env::temp_dir().join(format!("ferrobank-smtp-{}", Uuid::now_v7()));
+        let python = std::env::var("FERROBANK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (pip install aiosmtpd; scripts/test.sh installs it)");
+        let server = Self { child, maildir };
+        eventually("the SMTP server listening", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        })
+        .await;
+        server
+    }
+
+    /// The messages it accepted, CRLF as LF.
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        entries
+            .map(|entry| {
+                std::fs::read_to_string(entry.unwrap().path()).unwrap().replace("\r\n", "\n")
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.maildir);
+    }
+}
+
+/// A header of a message as the maildir has it.
+fn header<'m>(message: &'m str, name: &str) -> Option<&'m str> {
+    let head = message.split("\n\n").next()?;
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// The built-in provider's realm in the test's database: alice with a verified address,
+/// bob without one. Returns their ids (their tokens' subjects).
+async fn users(store: &SqlStore) -> (String, String) {
+    let idp = IdentityProvider::load(store.clone(), Arc::new(SystemClock), "http://127.0.0.1:1")
+        .await
+        .unwrap();
+    let realm = json!({
+        "realm": "banking", "enabled": true, "defaultSignatureAlgorithm": "EdDSA",
+        "bruteForceProtected": true,
+        "users": [
+            {"username": "alice", "enabled": true, "email": "alice@example.com", "emailVerified": true},
+            {"username": "bob", "enabled": true},
+        ],
+    });
+    let model = ferrobank::identity::parse_realm(&realm.to_string(), "test realm").unwrap();
+    idp.import_realm(&model, &ImportOptions::default(), false).await.unwrap();
+    let state = idp.realm("banking").unwrap();
+    (state.users["alice"].id.clone(), state.users["bob"].id.clone())
+}
+
+/// Emails on, through the SMTP server on `port`.
+async fn with_smtp(
+    backend: Backend,
+    port: u16,
+    max_attempts: u32,
+    backoff_ms: Vec<u64>,
+) -> Harness {
+    Harness::start_with(backend, |config| {
+        config.notifications.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        config.notifications.email_from = Some("ferrobank <payments@bank.example>".into());
+        config.notifications.max_attempts = max_attempts;
+        config.notifications.backoff_ms = backoff_ms;
+    })
+    .await
+}
+
+impl Harness {
+    /// The email of `event` to `owner` once `done` holds for it.
+    async fn email(
+        &self,
+        owner: &str,
+        event: &Event,
+        what: &str,
+        done: impl Fn(&EmailDelivery) -> bool,
+    ) -> EmailDelivery {
+        eventually(what, || async {
+            self.service.email_delivery(owner, &event.id).await.unwrap().filter(|e| done(e))
+        })
+        .await
+    }
+}
+
+async fn emails_reach_the_owners_verified_address_once_per_event(backend: Backend) {
+    let port = SmtpServer::free_port();
+    let smtp = SmtpServer::start(port).await;
+    let app = with_smtp(backend, port, 5, vec![30, 60]).await;
+    let (alice, bob) = users(&app.store).await;
+
+    let mut completed = payment_event(Uuid::now_v7(), "transaction.completed", &alice, "completed");
+    completed.data["amount"] = json!(2500);
+    app.publish(&completed).await;
+    let messages = eventually("the email", || async {
+        let messages = smtp.messages();
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    let message = &messages[0];
+    assert_eq!(header(message, "From"), Some("ferrobank <payments@bank.example>"), "{message}");
+    assert_eq!(header(message, "To"), Some("alice@example.com"), "{message}");
+    assert_eq!(header(message, "Subject"), Some("Payment completed: 25.00 EUR"), "{message}");
+    assert!(header(message, "Content-Type").is_some_and(|t| t.starts_with("text/plain")));
+    let body = message.split_once("\n\n").unwrap().1;
+    assert!(body.starts_with("Payment completed: 25.00 EUR\n"), "{body}");
+    assert!(body.contains("Reference: invoice 42\n") && body.contains("Status: completed\n"));
+    let sent = app
+        .email(&alice, &completed, "the email delivered", |e| e.status == DeliveryStatus::Delivered)
+        .await;
+    assert_eq!(sent.attempts, 1);
+    assert_eq!(sent.recipient.as_deref(), Some("alice@example.com"));
+    let message_id = format!("<{}@ferrobank>", sent.id.simple());
+    assert_eq!(header(message, "Message-ID"), Some(message_id.as_str()));
+
+    // The same event again, then one for bob: once bob's is recorded (skipped: he has no
+    // address) the redelivery was handled, and it sent nothing.
+    app.publish(&completed).await;
+    let for_bob = payment_event(Uuid::now_v7(), "transaction.completed", &bob, "completed");
+    app.publish(&for_bob).await;
+    let skipped = app
+        .email(&bob, &for_bob, "bob's email skipped", |e| e.status == DeliveryStatus::Skipped)
+        .await;
+    assert_eq!(skipped.recipient, None);
+    assert_eq!(skipped.attempts, 0);
+    assert_eq!(skipped.last_error.as_deref(), Some("the user has no email address"));
+    let again = app.service.email_delivery(&alice, &completed.id).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (sent.id, 1), "one row per event, attempted once");
+    assert_eq!(smtp.messages().len(), 1, "nothing sent again");
+}
+
+async fn emails_wait_out_an_smtp_outage_and_go_out_when_it_is_back(backend: Backend) {
+    let port = SmtpServer::free_port();
+    let app = with_smtp(backend, port, 50, vec![50, 200]).await;
+    let (alice, _) = users(&app.store).await;
+    let event = payment_event(Uuid::now_v7(), "transaction.failed", &alice, "failed");
+    app.publish(&event).await;
+    let waiting = app.email(&alice, &event, "a failed attempt", |e| e.attempts >= 2).await;
+    assert_eq!(waiting.status, DeliveryStatus::Pending, "retried, not given up");
+    assert!(waiting.last_error.is_some(), "the refusal is recorded: {waiting:?}");
+
+    let smtp = SmtpServer::start(port).await;
+    let sent = app
+        .email(&alice, &event, "the email delivered", |e| e.status == DeliveryStatus::Delivered)
+        .await;
+    assert!(sent.attempts > waiting.attempts);
+    assert_eq!(sent.last_error, None);
+    let messages = eventually("the email", || async {
+        let messages = smtp.messages();
+        (!messages.is_empty()).then_some(messages)
+    })
+    .await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(header(&messages[0], "Subject"), Some("Payment failed: 12.34 EUR"));
+}
+
+async fn without_smtp_no_email_is_recorded_or_attempted(backend: Backend) {
+    let port = SmtpServer::free_port();
+    let smtp = SmtpServer::start(port).await;
+    let app = Harness::start(backend).await;
+    assert!(!app.service.email_enabled());
+    let (alice, _) = users(&app.store).await;
+    let token = app.token(&alice, "customer");
+    let event = payment_event(Uuid::now_v7(), "transaction.completed", &alice, "completed");
+    app.publish(&event).await;
+    eventually("the in-app notification", || async {
+        let inbox = app.get(&token, "/api/notifications").await.expect(200);
+        (inbox["items"][0]["type"] == "transaction.completed").then_some(())
+    })
+    .await;
+    assert_eq!(app.service.email_delivery(&alice, &event.id).await.unwrap(), None);
+    assert!(smtp.messages().is_empty());
+}
+
+async fn the_ssrf_guard_refuses_private_webhook_urls_and_connections(backend: Backend) {
+    let app = Harness::start_with(backend, |_| {}).await;
+    let alice = app.token("alice", "customer");
+    let (receiver, url) = Receiver::start(&[]).await;
+    for private in [
+        url.as_str(),
+        "http://localhost:9999/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://[::1]:9999/hook",
+        "http://[fd12::1]/hook",
+        "http://0.0.0.0:9999/hook",
+    ] {
+        let reply = app.post(&alice, "/api/webhooks", &json!({"url": private})).await;
+        reply.expect_problem(422, "webhook_url_not_allowed");
+    }
+    app.post(&alice, "/api/webhooks", &json!({"url": "https://hooks.example.com/in"}))
+        .await
+        .expect(201);
+
+    // Registered while allowed (or before the guard): no connection is made, and the log
+    // says why. Names resolving there later (DNS rebinding) are refused by the resolver
+    // (the webhooks module's tests).
+    let port = url.trim_start_matches("http://127.0.0.1:").trim_end_matches("/hook");
+    for (url, why) in [
+        (format!("http://localhost:{port}/hook"), "refused: localhost is a loopback name"),
+        (url.clone(), "refused: 127.0.0.1 is a loopback, private or link-local address"),
+    ] {
+        let endpoint = WebhookEndpoint {
+            id: Uuid::now_v7(),
+            owner: "alice".into(),
+            url,
+            event_types: vec!["transaction.completed".into()],
+            description: None,
+            secret: generate_secret(),
+            created_at_ms: 1,
+            disabled_at_ms: None,
+        };
+        assert!(app.store.insert_endpoint(&endpoint, 10).await.unwrap());
+        let event = payment_event(Uuid::now_v7(), "transaction.completed", "alice", "completed");
+        app.publish(&event).await;
+        let path = format!("/api/webhooks/{}/deliveries", endpoint.id);
+        let delivery = eventually("the delivery failed", || async {
+            let page = app.get(&alice, &path).await.expect(200);
+            let delivery = page["items"][0].clone();
+            (delivery["status"] == "failed").then_some(delivery)
+        })
+        .await;
+        assert_eq!(delivery["attempts"], 5);
+        for attempt in delivery["log"].as_array().unwrap() {
+            assert_eq!(attempt["status_code"], Value::Null);
+            let error = attempt["error"].as_str().unwrap();
+            assert!(error.contains(why), "{error}");
+        }
+        app.delete(&alice, &format!("/api/webhooks/{}", endpoint.id)).await;
+    }
+    assert!(receiver.received().is_empty(), "no request reached the private address");
 }

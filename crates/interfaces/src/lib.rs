@@ -1,5 +1,6 @@
 //! The outside of ferrobank: the HTTP API with its RFC 9457 errors and OpenAPI document.
 
+pub mod email;
 pub mod gateway;
 pub mod http;
 pub mod psp_sim;

@@ -6,7 +6,19 @@
 //! (`v1,` + base64 of HMAC-SHA256 over `{id}.{timestamp}.{body}` keyed with the base64
 //! part of the endpoint's `whsec_` secret). Any 2xx is delivered; anything else (another
 //! status, a connection error, the timeout) is a failed attempt. Redirects are not followed.
+//!
+//! Unless [`WebhookPolicy::allow_private`] is on, the sender connects to no loopback,
+//! private or link-local address ([`forbidden_address`]): an IP literal is refused before
+//! any connection, and a name is refused when any address it resolves to is one (a name
+//! that passed registration and resolves elsewhere later: DNS rebinding). The attempt is
+//! then a failed one whose error says so.
+//!
+//! [`WebhookPolicy::allow_private`]: ferrobank_application::WebhookPolicy::allow_private
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -14,13 +26,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use ferrobank_application::StoreError;
 use ferrobank_application::notifications::{
-    AttemptOutcome, ClaimedDelivery, MAX_RESPONSE_PREFIX_BYTES, NotificationService, secret_key,
+    AttemptOutcome, ClaimedDelivery, MAX_RESPONSE_PREFIX_BYTES, NotificationService,
+    forbidden_address, forbidden_host, secret_key,
 };
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokio::task::{JoinHandle, JoinSet};
@@ -59,19 +73,60 @@ pub fn sign(secret: &str, message_id: &str, timestamp_s: i64, body: &[u8]) -> Op
     Some(format!("v1,{}", BASE64.encode(mac.finalize().into_bytes())))
 }
 
+/// The resolver of webhook hosts: the system's, refusing names that resolve to a
+/// [`forbidden_address`] unless private addresses are allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            // Any forbidden address refuses the name: the connector would try them all.
+            if !allow_private
+                && let Some(address) = addresses.iter().find(|a| forbidden_address(a.ip()))
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "refused: {name} resolves to {}, a loopback, private or link-local \
+                         address",
+                        address.ip()
+                    ),
+                ));
+            }
+            Ok(addresses.into_iter())
+        })
+    }
+}
+
 /// Sends webhook requests: one HTTP/1.1 client (https with the system's roots, and http)
 /// and a per-attempt timeout.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
     timeout: Duration,
+    allow_private: bool,
 }
 
 impl WebhookSender {
-    /// A sender whose attempts give up after `timeout_ms`.
-    pub fn new(timeout_ms: u64) -> Result<Self, String> {
+    /// A sender whose attempts give up after `timeout_ms`, connecting to loopback, private
+    /// or link-local addresses only when `allow_private`.
+    pub fn new(timeout_ms: u64, allow_private: bool) -> Result<Self, String> {
         let timeout = Duration::from_millis(timeout_ms);
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_private });
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
@@ -96,7 +151,11 @@ impl WebhookSender {
                     .wrap_connector(http)
             }
         };
-        Ok(Self { client: Client::builder(TokioExecutor::new()).build(connector), timeout })
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+            allow_private,
+        })
     }
 
     /// POSTs `body` to `url` as one attempt at `timestamp_s`, signed with `secret`.
@@ -108,6 +167,12 @@ impl WebhookSender {
         timestamp_s: i64,
         body: &str,
     ) -> (Option<u16>, Option<String>, Option<String>) {
+        // IP literals never reach the resolver: checked here.
+        if !self.allow_private
+            && let Some(why) = url::Url::parse(url).ok().as_ref().and_then(forbidden_host)
+        {
+            return (None, Some(bounded(&format!("refused: {why}"))), None);
+        }
         let Some(signature) = sign(secret, message_id, timestamp_s, body.as_bytes()) else {
             return (None, Some("the endpoint's secret is unusable".into()), None);
         };
@@ -152,8 +217,9 @@ fn bounded(text: &str) -> String {
     text.chars().take(MAX_ERROR_CHARS).collect()
 }
 
-/// An error with its causes (`client error (Connect): tcp connect error: refused`).
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes (`client error (Connect): tcp connect error: refused`), at
+/// most [`MAX_ERROR_CHARS`] characters: what a delivery log keeps.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -215,14 +281,51 @@ pub async fn deliver_due(
     max_batch: u32,
 ) -> Result<usize, StoreError> {
     let claimed = service.claim_due(max_batch).await?;
+    Ok(attempt_all(claimed, |claimed| {
+        let (service, sender) = (service.clone(), sender.clone());
+        async move { attempt(&service, &sender, claimed).await }
+    })
+    .await)
+}
+
+/// Runs one attempt per claimed item, concurrently, until all are done; returns how many.
+pub(crate) async fn attempt_all<T, Fut>(claimed: Vec<T>, attempt: impl Fn(T) -> Fut) -> usize
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let count = claimed.len();
     let mut attempts = JoinSet::new();
     for claimed in claimed {
-        let (service, sender) = (service.clone(), sender.clone());
-        attempts.spawn(async move { attempt(&service, &sender, claimed).await });
+        attempts.spawn(attempt(claimed));
     }
     while attempts.join_next().await.is_some() {}
-    Ok(count)
+    count
+}
+
+/// Runs `round` (claim a batch of at most the given size, attempt each once, return how
+/// many were claimed) back to back while batches come back full, else every
+/// `poll_interval_ms`, until aborted. The loop of every deliverer; `what` names it in logs.
+pub fn spawn_rounds<F, Fut>(
+    what: &'static str,
+    options: DelivererOptions,
+    mut round: F,
+) -> JoinHandle<()>
+where
+    F: FnMut(u32) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<usize, StoreError>> + Send + 'static,
+{
+    let max_batch = options.max_batch.max(1);
+    let poll = Duration::from_millis(options.poll_interval_ms.max(1));
+    tokio::spawn(async move {
+        loop {
+            match round(max_batch).await {
+                Ok(count) if count >= max_batch as usize => continue,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "claiming due {what} failed"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    })
 }
 
 /// Starts the deliverer: batches of due deliveries, back to back while there are full
@@ -231,18 +334,11 @@ pub fn spawn_deliverer(
     service: NotificationService,
     options: DelivererOptions,
 ) -> Result<JoinHandle<()>, String> {
-    let sender = WebhookSender::new(service.policy().timeout_ms)?;
-    let max_batch = options.max_batch.max(1);
-    let poll = Duration::from_millis(options.poll_interval_ms.max(1));
-    Ok(tokio::spawn(async move {
-        loop {
-            match deliver_due(&service, &sender, max_batch).await {
-                Ok(count) if count >= max_batch as usize => continue,
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "claiming due webhook deliveries failed"),
-            }
-            tokio::time::sleep(poll).await;
-        }
+    let policy = service.policy();
+    let sender = WebhookSender::new(policy.timeout_ms, policy.allow_private)?;
+    Ok(spawn_rounds("webhook deliveries", options, move |max_batch| {
+        let (service, sender) = (service.clone(), sender.clone());
+        async move { deliver_due(&service, &sender, max_batch).await }
     }))
 }
 
@@ -261,5 +357,42 @@ mod tests {
         );
         assert_eq!(signature.unwrap(), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
         assert_eq!(sign("not-a-secret", "msg", 1, b"{}"), None);
+    }
+
+    #[tokio::test]
+    async fn private_destinations_are_refused_before_connecting_unless_allowed() {
+        let guarded = WebhookSender::new(2_000, false).unwrap();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for (url, why) in [
+            ("http://127.0.0.1:9/hook", "refused: 127.0.0.1 is a loopback"),
+            ("http://[::1]:9/hook", "refused: ::1 is a loopback"),
+            ("http://169.254.169.254/latest", "refused: 169.254.169.254 is a loopback"),
+            ("http://localhost:9/hook", "refused: localhost is a loopback name"),
+        ] {
+            let (status, error, _) = guarded.send(url, "msg_1", secret, 1, "{}").await;
+            assert_eq!(status, None);
+            assert!(error.as_deref().is_some_and(|e| e.starts_with(why)), "{url}: {error:?}");
+        }
+        // A name is judged by what it resolves to (this one resolves to loopback).
+        let mut resolver = GuardedResolver { allow_private: false };
+        let name: Name = "localhost".parse().unwrap();
+        let refused = tower::Service::call(&mut resolver, name.clone()).await.unwrap_err();
+        assert!(refused.to_string().contains("resolves to"), "{refused}");
+        let mut open = GuardedResolver { allow_private: true };
+        assert!(tower::Service::call(&mut open, name).await.unwrap().next().is_some());
+        // Through the sender: another name of this machine's loopback, if /etc/hosts has one.
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let alias = hosts.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let ip = fields.next()?;
+            (ip.starts_with("127.") && !line.trim_start().starts_with('#'))
+                .then(|| fields.find(|name| !name.contains("localhost")))?
+        });
+        if let Some(alias) = alias {
+            let url = format!("http://{alias}:9/hook");
+            let (status, error, _) = guarded.send(&url, "msg_1", secret, 1, "{}").await;
+            assert_eq!(status, None);
+            assert!(error.as_deref().is_some_and(|e| e.contains("resolves to 127.")), "{error:?}");
+        }
     }
 }

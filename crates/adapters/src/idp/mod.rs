@@ -13,6 +13,7 @@
 //! `ferrobank-interfaces` (`http::idp`).
 
 mod brute_force;
+mod directory;
 mod keys;
 mod login;
 mod password;
@@ -29,6 +30,7 @@ use ferrobank_application::{Clock, StoreError};
 use serde_json::{Value, json};
 
 pub use brute_force::{Failures, Verdict};
+pub use directory::RealmDirectory;
 pub use keys::{KeyRing, SigningKey};
 pub use login::{
     AuthorizeRequest, FormInput, INVALID_CREDENTIALS, LoginForm, LoginOutcome, LoginPage,

@@ -100,6 +100,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "activity",
         sql: include_str!("../../migrations/sqlite/0006_activity.sql"),
     },
+    Migration {
+        version: 7,
+        name: "email_deliveries",
+        sql: include_str!("../../migrations/sqlite/0007_email_deliveries.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -133,10 +138,15 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         name: "activity",
         sql: include_str!("../../migrations/postgres/0006_activity.sql"),
     },
+    Migration {
+        version: 7,
+        name: "email_deliveries",
+        sql: include_str!("../../migrations/postgres/0007_email_deliveries.sql"),
+    },
 ];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The ledger and idempotency stores over one connection pool.
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
-//! The notification store on SQL: endpoints, the in-app inbox, deliveries and their log.
+//! The notification store on SQL: endpoints, the in-app inbox, webhook deliveries and
+//! their log, and emails.
 //!
 //! Unique keys carry the idempotency of event handling: `(owner, event_id)` for
-//! notifications and `(endpoint_id, event_id)` for deliveries, inserted with
+//! notifications and emails and `(endpoint_id, event_id)` for deliveries, inserted with
 //! `ON CONFLICT DO NOTHING` in one transaction. Deliverers claim due rows with
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL (deliveries are independent, so replicas simply
 //! take different ones; SQLite has one writer anyway) and push their due time past the
@@ -10,9 +11,10 @@
 use async_trait::async_trait;
 use ferrobank_application::StoreError;
 use ferrobank_application::notifications::{
-    AttemptRecord, ClaimedDelivery, DeliveryAttempt, DeliveryPage, DeliveryStatus, DeliveryWithLog,
-    EventRecorded, MAX_LISTED_ATTEMPTS, MAX_LISTED_ENDPOINTS, MAX_SERIES, Notification,
-    NotificationPage, NotificationStore, ReplayOutcome, WebhookDelivery, WebhookEndpoint,
+    AttemptRecord, ClaimedDelivery, ClaimedEmail, DeliveryAttempt, DeliveryPage, DeliveryStatus,
+    DeliveryWithLog, EmailDelivery, EventRecorded, MAX_LISTED_ATTEMPTS, MAX_LISTED_ENDPOINTS,
+    MAX_SERIES, Notification, NotificationPage, NotificationStore, ReplayOutcome, WebhookDelivery,
+    WebhookEndpoint,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -31,6 +33,8 @@ const DELIVERY_COLUMNS: &str = "id, endpoint_id, owner, event_id, event_type, me
      last_status_code, last_error";
 const ATTEMPT_COLUMNS: &str =
     "delivery_id, series, attempt, at_ms, duration_ms, status_code, error, response_prefix";
+const EMAIL_COLUMNS: &str = "id, owner, event_id, event_type, recipient, subject, body, \
+     status, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms, last_error";
 const NOTIFICATION_COLUMNS: &str =
     "id, owner, event_id, event_type, payment_id, title, data, created_at_ms, read_at_ms";
 
@@ -84,6 +88,25 @@ fn delivery(row: &AnyRow) -> Result<WebhookDelivery, StoreError> {
         created_at_ms: row.try_get("created_at_ms").map_err(map_err)?,
         updated_at_ms: row.try_get("updated_at_ms").map_err(map_err)?,
         last_status_code: status_code(row, "last_status_code")?,
+        last_error: row.try_get("last_error").map_err(map_err)?,
+    })
+}
+
+fn email(row: &AnyRow) -> Result<EmailDelivery, StoreError> {
+    let status: String = row.try_get("status").map_err(map_err)?;
+    Ok(EmailDelivery {
+        id: uuid(row, "id")?,
+        owner: row.try_get("owner").map_err(map_err)?,
+        event_id: row.try_get("event_id").map_err(map_err)?,
+        event_type: row.try_get("event_type").map_err(map_err)?,
+        recipient: row.try_get("recipient").map_err(map_err)?,
+        subject: row.try_get("subject").map_err(map_err)?,
+        body: row.try_get("body").map_err(map_err)?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        attempts: count(row, "attempts")?,
+        next_attempt_at_ms: row.try_get("next_attempt_at_ms").map_err(map_err)?,
+        created_at_ms: row.try_get("created_at_ms").map_err(map_err)?,
+        updated_at_ms: row.try_get("updated_at_ms").map_err(map_err)?,
         last_error: row.try_get("last_error").map_err(map_err)?,
     })
 }
@@ -158,6 +181,63 @@ impl SqlStore {
         .await
         .map_err(map_err)?;
         row.as_ref().map(delivery).transpose()
+    }
+
+    /// Claims up to `max` pending rows of `table` (webhook or email deliveries) due at
+    /// `now_ms`: each gets a fresh claim token and its due time pushed to `lease_until_ms`.
+    /// Returns the open transaction (to read more under the same locks) and the rows as
+    /// they were, with their claims; `None` when nothing is due.
+    async fn claim_due_rows(
+        &self,
+        table: &str,
+        columns: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        max: u32,
+    ) -> Result<Option<(sqlx::Transaction<'static, sqlx::Any>, Vec<(AnyRow, Uuid)>)>, StoreError>
+    {
+        let lock = match self.backend {
+            // Deliveries are independent: a replica skips rows another one holds.
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        // A read first: an idle deliverer polling SQLite must not take the write lock.
+        let due: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM {table} WHERE status = 'pending' AND next_attempt_at_ms <= $1 LIMIT 1"
+        ))
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if due.is_none() {
+            return Ok(None);
+        }
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {columns} FROM {table} WHERE status = 'pending' AND next_attempt_at_ms <= $1 \
+             ORDER BY next_attempt_at_ms LIMIT $2{lock}"
+        ))
+        .bind(now_ms)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let claim = Uuid::new_v4();
+            let id: String = row.try_get("id").map_err(map_err)?;
+            sqlx::query(&format!(
+                "UPDATE {table} SET claim = $1, next_attempt_at_ms = $2 WHERE id = $3"
+            ))
+            .bind(id_text(claim))
+            .bind(lease_until_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            claimed.push((row, claim));
+        }
+        Ok(Some((tx, claimed)))
     }
 }
 
@@ -257,10 +337,11 @@ impl NotificationStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn record_event(
+    async fn record_event_with_email(
         &self,
         notification: &Notification,
         deliveries: &[WebhookDelivery],
+        email: Option<&EmailDelivery>,
     ) -> Result<EventRecorded, StoreError> {
         let data = serde_json::to_string(&notification.data).map_err(|e| corrupt("data", e))?;
         let mut tx = self.begin_write().await?;
@@ -283,6 +364,7 @@ impl NotificationStore for SqlStore {
         let mut recorded = EventRecorded {
             notification_created: inserted.rows_affected() == 1,
             deliveries_created: 0,
+            email_created: None,
         };
         for d in deliveries {
             let inserted = sqlx::query(&format!(
@@ -311,6 +393,29 @@ impl NotificationStore for SqlStore {
             if inserted.rows_affected() == 1 {
                 recorded.deliveries_created += 1;
             }
+        }
+        if let Some(e) = email {
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO email_deliveries ({EMAIL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
+                 $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (owner, event_id) DO NOTHING"
+            ))
+            .bind(id_text(e.id))
+            .bind(e.owner.as_str())
+            .bind(e.event_id.as_str())
+            .bind(e.event_type.as_str())
+            .bind(e.recipient.clone())
+            .bind(e.subject.as_str())
+            .bind(e.body.as_str())
+            .bind(e.status.as_str())
+            .bind(i64::from(e.attempts))
+            .bind(e.next_attempt_at_ms)
+            .bind(e.created_at_ms)
+            .bind(e.updated_at_ms)
+            .bind(e.last_error.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            recorded.email_created = (inserted.rows_affected() == 1).then_some(e.status);
         }
         tx.commit().await.map_err(map_err)?;
         Ok(recorded)
@@ -437,47 +542,15 @@ impl NotificationStore for SqlStore {
         lease_until_ms: i64,
         max: u32,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let lock = match self.backend {
-            // Deliveries are independent: a replica skips rows another one holds.
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        // A read first: an idle deliverer polling SQLite must not take the write lock.
-        let due: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM webhook_deliveries \
-             WHERE status = 'pending' AND next_attempt_at_ms <= $1 LIMIT 1",
-        )
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
-        if due.is_none() {
+        let Some((mut tx, rows)) = self
+            .claim_due_rows("webhook_deliveries", DELIVERY_COLUMNS, now_ms, lease_until_ms, max)
+            .await?
+        else {
             return Ok(Vec::new());
-        }
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries \
-             WHERE status = 'pending' AND next_attempt_at_ms <= $1 \
-             ORDER BY next_attempt_at_ms LIMIT $2{lock}"
-        ))
-        .bind(now_ms)
-        .bind(i64::from(max))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let deliveries = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
-        let mut claimed = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let claim = Uuid::new_v4();
-            sqlx::query(
-                "UPDATE webhook_deliveries SET claim = $1, next_attempt_at_ms = $2 WHERE id = $3",
-            )
-            .bind(id_text(claim))
-            .bind(lease_until_ms)
-            .bind(id_text(delivery.id))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (row, claim) in rows {
+            let delivery = delivery(&row)?;
             let row = sqlx::query(&format!(
                 "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
             ))
@@ -489,6 +562,65 @@ impl NotificationStore for SqlStore {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(claimed)
+    }
+
+    async fn claim_due_emails(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        max: u32,
+    ) -> Result<Vec<ClaimedEmail>, StoreError> {
+        let Some((tx, rows)) = self
+            .claim_due_rows("email_deliveries", EMAIL_COLUMNS, now_ms, lease_until_ms, max)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let claimed = rows
+            .iter()
+            .map(|(row, claim)| Ok(ClaimedEmail { email: email(row)?, claim: *claim }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(claimed)
+    }
+
+    async fn record_email_attempt(
+        &self,
+        claim: Uuid,
+        email: &EmailDelivery,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE email_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, \
+             claim = NULL, updated_at_ms = $4, last_error = $5 WHERE id = $6 AND claim = $7",
+        )
+        .bind(email.status.as_str())
+        .bind(i64::from(email.attempts))
+        .bind(email.next_attempt_at_ms)
+        .bind(now_ms)
+        .bind(email.last_error.clone())
+        .bind(id_text(email.id))
+        .bind(id_text(claim))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn email_delivery(
+        &self,
+        owner: &str,
+        event_id: &str,
+    ) -> Result<Option<EmailDelivery>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {EMAIL_COLUMNS} FROM email_deliveries WHERE owner = $1 AND event_id = $2"
+        ))
+        .bind(owner)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(email).transpose()
     }
 
     async fn record_attempt(

@@ -280,6 +280,9 @@ impl From<NotificationError> for Problem {
                 .detail("the caller may only act for itself"),
             E::OwnerRequired => unprocessable("owner_required", "Owner required", &error),
             E::InvalidUrl(_) => unprocessable("invalid_webhook_url", "Invalid webhook URL", &error),
+            E::PrivateUrl(_) => {
+                unprocessable("webhook_url_not_allowed", "Webhook URL not allowed", &error)
+            }
             E::InvalidEventTypes(_) => {
                 unprocessable("invalid_event_types", "Invalid event types", &error)
             }
@@ -367,7 +370,7 @@ pub async fn mark_read(
     responses(
         (status = 201, description = "Registered; `Location` names it", body = CreatedWebhookDto),
         (status = 403, description = "`owner` names someone else", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad URL or event types, or 10 endpoints already", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad URL (`invalid_webhook_url`), a loopback, private or link-local host (`webhook_url_not_allowed`), bad event types, or 10 endpoints already", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_webhook(
     State(state): State<AppState>,
