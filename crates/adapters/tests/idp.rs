@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use ferrobank_adapters::Backend;
 use ferrobank_adapters::idp::{
     AuthorizeRequest, ClientAuth, IdentityProvider, ImportOptions, LoginOutcome, NewUser,
-    TokenRequest,
+    TokenRequest, UserError, UserUpdate,
 };
 use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_application::Clock;
@@ -206,6 +206,123 @@ async fn keycloak_hashed_passwords_import_and_are_upgraded_at_login() {
         matches!(login("Legacy-Passw0rd-1").await, LoginOutcome::Redirect { .. }),
         "still the same password"
     );
+}
+
+/// Tokens of `username` through the web app's code flow.
+async fn tokens_of(idp: &IdentityProvider, username: &str, password: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let verifier = "tier-test-verifier-0123456789-abcdefghijklmnopq";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let request = AuthorizeRequest {
+        scope: Some("openid".into()),
+        code_challenge: Some(challenge),
+        ..web_app_request()
+    };
+    let LoginOutcome::Page(page) = idp.authorize("banking", &request, None) else {
+        panic!("a login page")
+    };
+    let input = ferrobank_adapters::idp::FormInput {
+        csrf: Some(page.csrf.clone()),
+        username: Some(username.into()),
+        password: Some(password.into()),
+        ..Default::default()
+    };
+    let LoginOutcome::Redirect { location, .. } =
+        idp.authenticate("banking", &page.login_id, Some(&page.login_id), input).await
+    else {
+        panic!("logged in")
+    };
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let redeem = TokenRequest {
+        grant_type: Some("authorization_code".into()),
+        code: Some(code),
+        redirect_uri: Some("http://localhost:3000/cb".into()),
+        code_verifier: Some(verifier.into()),
+        ..TokenRequest::default()
+    };
+    let web = ClientAuth {
+        basic: Some(("banking-web-app".into(), SECRET.into())),
+        ..ClientAuth::default()
+    };
+    idp.token("banking", &redeem, &web).unwrap()
+}
+
+/// The unverified payload of a JWT.
+fn payload(token: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.as_str().unwrap().split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The realm file's tier mapper puts the user attribute `tier` into the web app's access
+/// tokens (not its ID tokens); a changed tier shows in the next token; only known tiers
+/// may be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_attribute_becomes_the_access_token_tier_claim() {
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let idp = provider(&db, clock).await;
+    let password = "Zoe-Passw0rd-1234";
+    let user = |username: &str, tier: Option<&str>| NewUser {
+        username: username.into(),
+        enabled: true,
+        password: Some(password.into()),
+        realm_roles: ["customer".to_owned()].into(),
+        attributes: tier.map(|t| ("tier".to_owned(), vec![t.to_owned()])).into_iter().collect(),
+        ..NewUser::default()
+    };
+    let zoe = idp.create_user("banking", user("zoe", Some("premium"))).await.unwrap();
+    idp.create_user("banking", user("yann", None)).await.unwrap();
+
+    let tokens = tokens_of(&idp, "zoe", password).await;
+    assert_eq!(payload(&tokens["access_token"])["tier"], "premium");
+    assert!(payload(&tokens["id_token"]).get("tier").is_none(), "access tokens only");
+    let plain = tokens_of(&idp, "yann", password).await;
+    assert!(payload(&plain["access_token"]).get("tier").is_none(), "no attribute, no claim");
+
+    // Unknown tiers, several values, other spellings: refused, nothing stored.
+    for bad in [vec!["gold"], vec!["premium", "business"], vec!["Premium"], vec![]] {
+        let change = UserUpdate {
+            attributes: Some(
+                [("tier".to_owned(), bad.iter().map(|t| t.to_string()).collect())].into(),
+            ),
+            ..UserUpdate::default()
+        };
+        let error = idp.update_user("banking", &zoe, change).await.unwrap_err();
+        assert!(matches!(error, UserError::Invalid(_)), "{bad:?}: {error:?}");
+    }
+    assert!(matches!(
+        idp.create_user("banking", user("xena", Some("gold"))).await,
+        Err(UserError::Invalid(_))
+    ));
+    assert_eq!(idp.user("banking", &zoe).unwrap().attributes["tier"], ["premium"]);
+
+    // A new tier applies from the next token, a refreshed one included.
+    let change = UserUpdate {
+        attributes: Some([("tier".to_owned(), vec!["business".to_owned()])].into()),
+        ..UserUpdate::default()
+    };
+    idp.update_user("banking", &zoe, change).await.unwrap();
+    let refresh = TokenRequest {
+        grant_type: Some("refresh_token".into()),
+        refresh_token: tokens["refresh_token"].as_str().map(str::to_owned),
+        ..TokenRequest::default()
+    };
+    let web = ClientAuth {
+        basic: Some(("banking-web-app".into(), SECRET.into())),
+        ..ClientAuth::default()
+    };
+    let refreshed = idp.token("banking", &refresh, &web).unwrap();
+    assert_eq!(payload(&refreshed["access_token"])["tier"], "business");
 }
 
 macro_rules! on_both_backends {

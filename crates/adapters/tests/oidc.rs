@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use ferrobank_adapters::oidc::{
     ConfigError, DiscoveryError, OidcConfig, SigningAlgorithm, TokenError, TokenValidator,
 };
-use ferrobank_domain::Role;
+use ferrobank_domain::{CustomerTier, Role};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
@@ -212,6 +212,36 @@ async fn a_keycloak_access_token_becomes_a_principal() {
     // The keys were fetched once and are cached.
     assert_eq!(idp.hits(DISCOVERY_PATH), 1);
     assert_eq!(idp.hits(JWKS_PATH), 1);
+}
+
+#[tokio::test]
+async fn the_tier_claim_becomes_the_principal_tier_only_when_it_names_a_known_tier() {
+    let idp = Idp::start(idp_jwks()).await;
+    let validator = validator(&config(&idp));
+    let tier_of = |claim: Option<Value>| {
+        let mut claims = claims(&idp.issuer());
+        if let Some(claim) = claim {
+            claims["tier"] = claim;
+        }
+        rs256(&claims)
+    };
+    let cases = [
+        (None, None),
+        (Some(json!("premium")), Some(CustomerTier::Premium)),
+        (Some(json!("business")), Some(CustomerTier::Business)),
+        (Some(json!("standard")), Some(CustomerTier::Standard)),
+        // Unknown names, other spellings and other JSON types are no tier, and the token
+        // stays valid: the customer gets the default limits, not an error.
+        (Some(json!("platinum")), None),
+        (Some(json!("Premium")), None),
+        (Some(json!(["premium"])), None),
+        (Some(json!(2)), None),
+        (Some(Value::Null), None),
+    ];
+    for (claim, expected) in cases {
+        let principal = validator.validate(&tier_of(claim.clone())).await.unwrap();
+        assert_eq!(principal.tier, expected, "{claim:?}");
+    }
 }
 
 #[tokio::test]

@@ -384,3 +384,62 @@ fn nested_groups_and_scope_mappings_are_checked() {
             .any(|e| matches!(e, RealmError::UnknownRealmRole { role, .. } if role == "auditor"))
     );
 }
+
+#[test]
+fn the_web_app_maps_the_tier_attribute_into_access_tokens_only() {
+    let realm = banking();
+    let claims: Vec<_> = client(&realm, "banking-web-app")
+        .protocol_mappers
+        .iter()
+        .filter_map(|m| m.attribute_claim())
+        .collect();
+    let [Ok(tier)] = &claims[..] else { panic!("one tier mapper: {claims:?}") };
+    assert_eq!((tier.attribute.as_str(), tier.claim.as_str()), ("tier", "tier"));
+    assert_eq!((tier.access_token, tier.id_token, tier.userinfo), (true, false, false));
+    // The service account is nobody's customer.
+    assert!(
+        client(&realm, "banking-api-gateway")
+            .protocol_mappers
+            .iter()
+            .all(|m| m.attribute_claim().is_none())
+    );
+}
+
+#[test]
+fn attribute_mappers_ferrobank_cannot_honour_and_unknown_tiers_are_rejected() {
+    // The web app's second mapper is the tier mapper.
+    for (key, value) in [
+        ("claim.name", "sub"),
+        ("claim.name", "realm_access"),
+        ("claim.name", "kyc.tier"),
+        ("claim.name", ""),
+        ("multivalued", "true"),
+        ("jsonType.label", "JSON"),
+    ] {
+        let realm = banking_with(|j| {
+            j["clients"][0]["protocolMappers"][1]["config"][key] = value.into();
+        });
+        let errors = errors(&realm);
+        assert!(
+            matches!(&errors[..], [RealmError::AttributeMapper { client, .. }] if client == "banking-web-app"),
+            "{key}={value}: {errors:?}"
+        );
+    }
+    let realm = banking_with(|j| {
+        j["clients"][0]["protocolMappers"][1]["protocolMapper"] =
+            "oidc-hardcoded-claim-mapper".into();
+    });
+    assert!(matches!(&errors(&realm)[..], [RealmError::UnsupportedMapper { .. }]));
+    for tier in [serde_json::json!(["gold"]), serde_json::json!(["premium", "business"])] {
+        let realm =
+            banking_with(|j| j["users"][0]["attributes"] = serde_json::json!({"tier": tier}));
+        let errors = errors(&realm);
+        assert!(
+            matches!(&errors[..], [RealmError::Attribute { at, .. }] if at == "users[0].attributes"),
+            "{errors:?}"
+        );
+    }
+    let premium =
+        banking_with(|j| j["users"][0]["attributes"] = serde_json::json!({"tier": ["premium"]}));
+    assert_eq!(validate(&premium).map_err(|e| format!("{e:?}")), Ok(()));
+}

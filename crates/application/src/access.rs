@@ -54,6 +54,7 @@ mod tests {
             client_id: None,
             scopes: Default::default(),
             issuer: "https://idp.example/realms/ferrobank".into(),
+            tier: None,
         }
     }
 

@@ -1,10 +1,13 @@
 //! Who is calling: the principal a validated access token stands for, and the realm roles.
 //!
 //! Built by the OIDC adapter from a token's claims once its signature and claims were
-//! checked; nothing here parses or verifies tokens.
+//! checked; nothing here parses or verifies tokens. Whatever a principal says (roles,
+//! tier) comes from the validated token only, never from a request body or header.
 
 use std::collections::BTreeSet;
 use std::fmt;
+
+use crate::risk::CustomerTier;
 
 /// A realm role of the ferrobank realm that the services act on.
 ///
@@ -74,6 +77,10 @@ pub struct Principal {
     pub scopes: BTreeSet<String>,
     /// The issuer (`iss`) that vouched for all of the above.
     pub issuer: String,
+    /// The customer's tier from the token's `tier` claim (a KYC outcome the identity
+    /// provider keeps as the user attribute `tier`); `None` when the claim is missing or
+    /// names no tier ferrobank knows.
+    pub tier: Option<CustomerTier>,
 }
 
 impl Principal {
@@ -115,6 +122,7 @@ mod tests {
             client_id: Some("ferrobank-web".into()),
             scopes: ["openid".to_owned(), "profile".to_owned()].into_iter().collect(),
             issuer: "https://idp.example/realms/ferrobank".into(),
+            tier: None,
         };
         assert!(principal.has_role(Role::Customer));
         assert!(!principal.has_role(Role::BankingAdmin));

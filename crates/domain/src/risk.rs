@@ -87,6 +87,33 @@ pub enum CustomerTier {
     Business,
 }
 
+impl CustomerTier {
+    /// Every tier, in a stable order.
+    pub const ALL: [CustomerTier; 3] =
+        [CustomerTier::Standard, CustomerTier::Premium, CustomerTier::Business];
+
+    /// The tier's name: its serde name, the `tier` user attribute and access-token claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Premium => "premium",
+            Self::Business => "business",
+        }
+    }
+
+    /// The tier with this name, or `None` for a name ferrobank does not know. Compared
+    /// exactly, like role names: `Premium` is not a tier.
+    pub fn from_name(name: &str) -> Option<CustomerTier> {
+        Self::ALL.into_iter().find(|tier| tier.as_str() == name)
+    }
+}
+
+impl fmt::Display for CustomerTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the risk check knows about the paying customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CustomerRisk {
@@ -672,6 +699,45 @@ mod tests {
         assert_eq!(rules, RiskRules::default());
         assert_eq!(rules.window_s(), 3600);
         assert_eq!(rules.config().currencies.len(), 4);
+    }
+
+    #[test]
+    fn tier_names_are_the_serde_names_and_unknown_names_are_no_tier() {
+        for tier in CustomerTier::ALL {
+            assert_eq!(CustomerTier::from_name(tier.as_str()), Some(tier));
+            assert_eq!(serde_json::to_value(tier).unwrap(), tier.as_str());
+        }
+        for name in ["Premium", "gold", "", " premium"] {
+            assert_eq!(CustomerTier::from_name(name), None, "{name:?}");
+        }
+    }
+
+    /// A customer without a known tier is treated as `standard`, which is only safe while
+    /// `standard` has the lowest limits: no other tier is stricter on any rule.
+    #[test]
+    fn standard_is_the_strictest_tier_of_the_defaults() {
+        let config = RiskRulesConfig::default();
+        let counts = &config.velocity.max_count;
+        for tier in CustomerTier::ALL {
+            assert!(counts.standard <= *counts.get(tier), "{tier}");
+        }
+        for (currency, tiers) in &config.currencies {
+            let standard = tiers.standard;
+            for (tier, limits) in tiers.iter() {
+                for (s, other) in [
+                    (standard.single_max_minor, limits.single_max_minor),
+                    (standard.single_review_above_minor, limits.single_review_above_minor),
+                    (standard.daily_max_minor, limits.daily_max_minor),
+                    (standard.window_max_minor, limits.window_max_minor),
+                    (
+                        standard.new_beneficiary_review_above_minor,
+                        limits.new_beneficiary_review_above_minor,
+                    ),
+                ] {
+                    assert!(s <= other, "{} {tier}", currency.code());
+                }
+            }
+        }
     }
 
     #[test]

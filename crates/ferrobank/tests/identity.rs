@@ -25,6 +25,7 @@ const REALM: &str = "banking";
 const WEB_APP: &str = "banking-web-app";
 const GATEWAY: &str = "banking-api-gateway";
 const REDIRECT: &str = "http://localhost:3000/callback";
+const BANK_ACCOUNT: &str = "00000000-0000-7000-8000-000000000001";
 const ALICE_ACCOUNT: &str = "00000000-0000-7000-8000-000000000002";
 const BOB_ACCOUNT: &str = "00000000-0000-7000-8000-000000000003";
 
@@ -989,6 +990,93 @@ async fn the_admin_api_onboards_users_for_banking_admins_only() {
         admin_call(&app, Method::GET, &format!("/users/{id}"), Some(admin), None).await.0,
         StatusCode::NOT_FOUND
     );
+}
+
+/// A customer's tier is a KYC outcome a banking admin sets as the user attribute `tier`; it
+/// reaches the payment risk check only through the access token. With the default rules a
+/// premium customer may pay 12,000.00 EUR (above standard's 10,000.00 maximum, below
+/// premium's 25,000.00 review threshold); a standard customer's same payment is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_premium_tier_set_through_the_admin_api_lifts_that_customers_payment_limit() {
+    use reqwest::Method;
+    let app = spawn_app_with_idp(Backend::Sqlite).await;
+    let mut totp = Authenticators::new();
+    let admin = tokens_for(&app, "admin", TEST_PASSWORD, &mut totp).await;
+    let admin = admin["access_token"].as_str().unwrap();
+    let tier = |name: &str| json!({"attributes": {"tier": [name]}});
+    let alice_path = format!("/users/{ALICE_USER}");
+
+    let (status, problem) =
+        admin_call(&app, Method::PUT, &alice_path, Some(admin), Some(tier("platinum"))).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("https://ferrobank.dev/problems/invalid_user"))
+    );
+    let (status, _) =
+        admin_call(&app, Method::PUT, &alice_path, Some(admin), Some(tier("premium"))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, user) = admin_call(&app, Method::GET, &alice_path, Some(admin), None).await;
+    assert_eq!(user["attributes"]["tier"], json!(["premium"]));
+
+    let alice = tokens_for(&app, "alice", TEST_PASSWORD, &mut totp).await;
+    let alice = alice["access_token"].as_str().unwrap();
+    assert_eq!(claims(alice)["tier"], "premium");
+    let bob = tokens_for(&app, "bob", TEST_PASSWORD, &mut totp).await;
+    let bob = bob["access_token"].as_str().unwrap();
+    assert!(claims(bob).get("tier").is_none(), "{}", claims(bob));
+    // Customers cannot promote themselves or anyone else.
+    let bob_path = format!("/users/{BOB_USER}");
+    assert_eq!(
+        admin_call(&app, Method::PUT, &bob_path, Some(bob), Some(tier("business"))).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let bank = uuid::Uuid::parse_str(BANK_ACCOUNT).unwrap();
+    for account in [ALICE_ACCOUNT, BOB_ACCOUNT] {
+        let account = uuid::Uuid::parse_str(account).unwrap();
+        let transfer = common::transfer_body(uuid::Uuid::now_v7(), bank, account, 2_000_000);
+        app.post_as(admin, "/api/transfers", &transfer).await.expect(201);
+    }
+    async fn pay(
+        app: &TestApp,
+        token: &str,
+        from: &str,
+        to: &str,
+        key: &str,
+        amount: i64,
+    ) -> Value {
+        let body = json!({
+            "debtor_account": from,
+            "beneficiary": {"kind": "internal", "account": to},
+            "amount": amount,
+            "currency": "EUR",
+        });
+        app.post_as_with_key(token, "/api/payments", key, &body).await.expect(201)
+    }
+    // Small first payments: a large first payment to a beneficiary is reviewed in any tier.
+    for (token, from, to) in
+        [(alice, ALICE_ACCOUNT, BOB_ACCOUNT), (bob, BOB_ACCOUNT, ALICE_ACCOUNT)]
+    {
+        let first = pay(&app, token, from, to, &format!("first-{from}"), 1_000).await;
+        assert_eq!(first["risk"]["outcome"], "allow", "{first}");
+    }
+
+    let premium = pay(&app, alice, ALICE_ACCOUNT, BOB_ACCOUNT, "big-alice", 1_200_000).await;
+    assert_eq!(premium["risk"]["outcome"], "allow", "{premium}");
+    assert_ne!(premium["status"], "rejected", "{premium}");
+    let standard = pay(&app, bob, BOB_ACCOUNT, ALICE_ACCOUNT, "big-bob", 1_200_000).await;
+    assert_eq!(
+        (standard["status"].as_str(), standard["risk"]["outcome"].as_str()),
+        (Some("rejected"), Some("deny")),
+        "{standard}"
+    );
+    let codes: Vec<&str> = standard["risk"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"amount_over_tier_limit"), "{codes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::password::PasswordPolicy;
 use super::totp::TotpPolicy;
 use crate::oidc::SigningAlgorithm;
-use crate::realm::{self, PASSWORD_CREDENTIAL, Realm};
+use crate::realm::{self, AttributeClaim, PASSWORD_CREDENTIAL, Realm};
 
 /// Settings of a realm, with Keycloak's defaults for what the file leaves out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +98,10 @@ pub struct ClientState {
     pub audiences: Vec<String>,
     /// Whether the code flow issues refresh tokens.
     pub use_refresh_tokens: bool,
+    /// Claims its tokens carry from user attributes (user-attribute mappers), e.g. `tier`.
+    /// Absent in realms stored before mappers were read: none.
+    #[serde(default)]
+    pub attribute_claims: Vec<AttributeClaim>,
 }
 
 impl ClientState {
@@ -464,6 +468,12 @@ pub fn import(
                     .filter_map(|m| m.access_token_audience().map(str::to_owned))
                     .collect(),
                 use_refresh_tokens: client.use_refresh_tokens(),
+                // `validate` refused the file if a mapper was malformed.
+                attribute_claims: client
+                    .protocol_mappers
+                    .iter()
+                    .filter_map(|m| m.attribute_claim().and_then(Result::ok))
+                    .collect(),
             },
         );
     }

@@ -16,6 +16,7 @@ use super::realm::{ClientState, RealmState, UserState};
 use super::sessions::{Family, Issued, Sessions, random_token, token_hash};
 use super::{IdentityProvider, secs_ms};
 use crate::oidc::SigningAlgorithm;
+use crate::realm::AttributeClaim;
 
 /// An OAuth error response (RFC 6749 §5.2): the protocol's own format, which every OAuth
 /// client library parses, rather than problem+json.
@@ -509,6 +510,7 @@ impl IdentityProvider {
             claims.insert("client_id".into(), json!(grant.client.client_id));
         }
         profile_claims(grant.user, &grant.scope, &mut claims);
+        attribute_claims(grant.client, grant.user, |c| c.access_token, &mut claims);
         let key = self.signing_key(&grant.state.name)?;
         let token =
             key.sign("JWT", &claims).map_err(|e| OAuthError::new(500, "server_error", e))?;
@@ -553,6 +555,7 @@ impl IdentityProvider {
         claims.insert("at_hash".into(), json!(URL_SAFE_NO_PAD.encode(digest)));
         claims.insert("acr".into(), json!("1"));
         profile_claims(grant.user, &grant.scope, &mut claims);
+        attribute_claims(grant.client, grant.user, |c| c.id_token, &mut claims);
         key.sign("JWT", &claims).map_err(|e| OAuthError::new(500, "server_error", e))
     }
 
@@ -597,6 +600,10 @@ impl IdentityProvider {
         out.insert("sub".into(), json!(user.id));
         let scope = claims.get("scope").and_then(Value::as_str).unwrap_or("");
         profile_claims(user, scope, &mut out);
+        let client = claims.get("azp").and_then(Value::as_str).and_then(|c| state.clients.get(c));
+        if let Some(client) = client {
+            attribute_claims(client, user, |c| c.userinfo, &mut out);
+        }
         Some(Value::Object(out))
     }
 
@@ -670,6 +677,25 @@ impl IdentityProvider {
             self.sessions().revoked_access.insert(jti, exp_ms);
         }
         Ok(())
+    }
+}
+
+/// The client's user-attribute mappers that `wanted` selects: each adds the first value of
+/// its attribute as a string, as Keycloak's single-valued mapper does; a user without the
+/// attribute gets no claim. Never replaces a claim already written (the realm's validation
+/// already refuses mappers naming the provider's own claims).
+fn attribute_claims(
+    client: &ClientState,
+    user: &UserState,
+    wanted: impl Fn(&AttributeClaim) -> bool,
+    claims: &mut Map<String, Value>,
+) {
+    for mapper in client.attribute_claims.iter().filter(|c| wanted(c)) {
+        if let Some(value) = user.attributes.get(&mapper.attribute).and_then(|v| v.first())
+            && !claims.contains_key(&mapper.claim)
+        {
+            claims.insert(mapper.claim.clone(), json!(value));
+        }
     }
 }
 

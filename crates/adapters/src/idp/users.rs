@@ -1,5 +1,7 @@
 //! User management behind the admin API: create, update, delete, reset passwords, assign
-//! realm roles. Every change is stored before it is served.
+//! realm roles, set attributes (the customer's `tier`, see
+//! [`TIER_ATTRIBUTE`](crate::realm::TIER_ATTRIBUTE)). Every change is stored before it is
+//! served.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,7 +76,16 @@ pub struct UserUpdate {
     pub email_verified: Option<bool>,
     /// Required actions (replaced).
     pub required_actions: Option<BTreeSet<String>>,
+    /// Attributes (replaced as a whole, as Keycloak's `PUT` does), e.g. `tier`.
+    pub attributes: Option<BTreeMap<String, Vec<String>>>,
 }
+
+/// Most attributes one user may have.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Most values one attribute may have.
+pub const MAX_ATTRIBUTE_VALUES: usize = 16;
+/// Longest attribute name or value, in bytes (Keycloak's column is 255 characters).
+pub const MAX_ATTRIBUTE_LEN_BYTES: usize = 255;
 
 const ACTIONS: [&str; 2] = [UPDATE_PASSWORD, super::CONFIGURE_TOTP];
 
@@ -128,6 +139,7 @@ impl IdentityProvider {
         let state = self.realm(realm)?;
         check_roles(&state, &new.realm_roles, &new.groups)?;
         check_actions(&new.required_actions)?;
+        check_attributes(&new.attributes)?;
         let password = match &new.password {
             None => None,
             Some(p) => {
@@ -192,6 +204,9 @@ impl IdentityProvider {
         if let Some(actions) = &change.required_actions {
             check_actions(actions)?;
         }
+        if let Some(attributes) = &change.attributes {
+            check_attributes(attributes)?;
+        }
         self.update(realm, |s| {
             let username =
                 s.user_by_id(id).map(|u| u.username.clone()).ok_or(UserError::NotFound)?;
@@ -213,6 +228,9 @@ impl IdentityProvider {
             }
             if let Some(actions) = change.required_actions {
                 user.required_actions = actions;
+            }
+            if let Some(attributes) = change.attributes {
+                user.attributes = attributes;
             }
             Ok(())
         })
@@ -344,6 +362,24 @@ fn check_roles(
         return Err(UserError::Invalid(format!("Group {group} not found")));
     }
     Ok(())
+}
+
+/// Bounded sizes, and the attributes ferrobank reads (the customer's `tier`) well-formed.
+fn check_attributes(attributes: &BTreeMap<String, Vec<String>>) -> Result<(), UserError> {
+    let bad_name = |name: &str| name.is_empty() || name.len() > MAX_ATTRIBUTE_LEN_BYTES;
+    if attributes.len() > MAX_ATTRIBUTES
+        || attributes.iter().any(|(name, values)| {
+            bad_name(name)
+                || values.len() > MAX_ATTRIBUTE_VALUES
+                || values.iter().any(|v| v.len() > MAX_ATTRIBUTE_LEN_BYTES)
+        })
+    {
+        return Err(UserError::Invalid(format!(
+            "at most {MAX_ATTRIBUTES} attributes of at most {MAX_ATTRIBUTE_VALUES} values; \
+             names 1 to {MAX_ATTRIBUTE_LEN_BYTES} bytes, values at most {MAX_ATTRIBUTE_LEN_BYTES}"
+        )));
+    }
+    crate::realm::check_tier_attribute(attributes).map_err(UserError::Invalid)
 }
 
 fn check_actions(actions: &BTreeSet<String>) -> Result<(), UserError> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferrobank_domain::{Principal, Role};
+use ferrobank_domain::{CustomerTier, Principal, Role};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -145,6 +145,11 @@ struct Claims {
     realm_access: Option<RoleList>,
     #[serde(default)]
     resource_access: BTreeMap<String, RoleList>,
+    /// The customer's tier (a user-attribute mapper's claim). Read as any JSON value so
+    /// that a mapper misconfigured to write a list or a number costs the customer their
+    /// tier (they get the default), not their whole token.
+    #[serde(default)]
+    tier: Option<serde_json::Value>,
 }
 
 impl TokenValidator {
@@ -346,6 +351,8 @@ impl TokenValidator {
             client_id: claims.client_id.or(claims.azp),
             scopes,
             issuer,
+            // Only a string naming a known tier counts; anything else is no tier.
+            tier: claims.tier.as_ref().and_then(|t| t.as_str()).and_then(CustomerTier::from_name),
         })
     }
 }

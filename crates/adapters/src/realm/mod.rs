@@ -11,12 +11,14 @@ mod model;
 mod validate;
 
 pub use model::{
-    AUDIENCE_MAPPER, Client, Composites, Credential, Group, OTP_REQUIRED_ROLES_ATTRIBUTE,
-    PKCE_METHOD_ATTRIBUTE, POST_LOGOUT_REDIRECT_URIS_ATTRIBUTE, ProtocolMapper, Realm, Role, Roles,
-    ScopeMapping, Secret, USE_REFRESH_TOKENS_ATTRIBUTE, User,
+    AUDIENCE_MAPPER, AttributeClaim, Client, Composites, Credential, Group,
+    OTP_REQUIRED_ROLES_ATTRIBUTE, PKCE_METHOD_ATTRIBUTE, POST_LOGOUT_REDIRECT_URIS_ATTRIBUTE,
+    ProtocolMapper, RESERVED_CLAIMS, Realm, Role, Roles, ScopeMapping, Secret, TIER_ATTRIBUTE,
+    USE_REFRESH_TOKENS_ATTRIBUTE, USER_ATTRIBUTE_MAPPER, User,
 };
 pub use validate::{
-    MAX_FAILURE_FACTOR, PASSWORD_CREDENTIAL, SIGNATURE_ALGORITHMS, otp_required_roles, validate,
+    MAX_FAILURE_FACTOR, PASSWORD_CREDENTIAL, SIGNATURE_ALGORITHMS, check_tier_attribute,
+    otp_required_roles, validate,
 };
 
 use std::fmt;
@@ -210,7 +212,7 @@ pub enum RealmError {
     },
     /// A protocol mapper ferrobank does not implement.
     #[error(
-        "client {client:?}: protocol mapper {name:?} of type {mapper:?} is not supported (only oidc-audience-mapper)"
+        "client {client:?}: protocol mapper {name:?} of type {mapper:?} is not supported (only oidc-audience-mapper and oidc-usermodel-attribute-mapper)"
     )]
     UnsupportedMapper {
         /// The `clientId`.
@@ -219,6 +221,24 @@ pub enum RealmError {
         name: String,
         /// The mapper's type.
         mapper: String,
+    },
+    /// A user attribute ferrobank reads has a value it does not accept.
+    #[error("{at}: {reason}")]
+    Attribute {
+        /// JSON path of the attributes.
+        at: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A user-attribute mapper with settings ferrobank does not implement.
+    #[error("client {client:?}: protocol mapper {name:?}: {reason}")]
+    AttributeMapper {
+        /// The `clientId`.
+        client: String,
+        /// The mapper's name.
+        name: String,
+        /// What is not supported.
+        reason: &'static str,
     },
     /// An OTP policy setting ferrobank does not implement.
     #[error("{field} {value:?} is not supported (expected {expected})")]

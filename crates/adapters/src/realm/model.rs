@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A realm (`RealmRepresentation`): settings, roles, groups, clients and users.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -327,8 +327,9 @@ pub struct Client {
     pub optional_client_scopes: Vec<String>,
     /// Base URL that relative redirect URIs would be resolved against.
     pub root_url: Option<String>,
-    /// Token mappers; ferrobank implements `oidc-audience-mapper` and refuses others,
-    /// since an unimplemented mapper would silently change what tokens carry.
+    /// Token mappers; ferrobank implements `oidc-audience-mapper` and
+    /// `oidc-usermodel-attribute-mapper` (single string values) and refuses others, since
+    /// an unimplemented mapper would silently change what tokens carry.
     #[serde(default)]
     pub protocol_mappers: Vec<ProtocolMapper>,
     /// Where the application lives (links from the account console).
@@ -350,8 +351,68 @@ pub const USE_REFRESH_TOKENS_ATTRIBUTE: &str = "use.refresh.tokens";
 /// the same effect): comma-separated realm roles whose holders must use a TOTP second factor.
 pub const OTP_REQUIRED_ROLES_ATTRIBUTE: &str = "ferrobank.otp.required.roles";
 
+/// User attribute (ferrobank's): the customer's tier, a KYC outcome; exactly one value,
+/// `standard`, `premium` or `business` (`CustomerTier`'s names). A user-attribute mapper
+/// puts it into access tokens as the claim the payment risk check reads (`tier`).
+pub const TIER_ATTRIBUTE: &str = "tier";
+
 /// The protocol mapper type that adds an audience (`aud`) to tokens.
 pub const AUDIENCE_MAPPER: &str = "oidc-audience-mapper";
+
+/// The protocol mapper type that copies a user attribute into a claim (Keycloak's "User
+/// Attribute" mapper); ferrobank uses it for the customer's `tier`.
+pub const USER_ATTRIBUTE_MAPPER: &str = "oidc-usermodel-attribute-mapper";
+
+/// Claims the provider writes itself (JWT, OIDC, Keycloak and introspection claims): a
+/// user-attribute mapper may not name them, or a user attribute could replace `sub` or
+/// `realm_access`.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "exp",
+    "nbf",
+    "iat",
+    "auth_time",
+    "jti",
+    "iss",
+    "aud",
+    "sub",
+    "typ",
+    "azp",
+    "sid",
+    "session_state",
+    "acr",
+    "nonce",
+    "at_hash",
+    "allowed-origins",
+    "realm_access",
+    "resource_access",
+    "scope",
+    "client_id",
+    "preferred_username",
+    "email",
+    "email_verified",
+    "name",
+    "given_name",
+    "family_name",
+    "active",
+    "token_type",
+    "username",
+];
+
+/// What a user-attribute mapper adds: the first value of a user attribute, as a string
+/// claim, in the tokens its flags name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeClaim {
+    /// The user attribute (`user.attribute`).
+    pub attribute: String,
+    /// The claim (`claim.name`), a top-level name.
+    pub claim: String,
+    /// In access tokens (`access.token.claim`, on when absent as in Keycloak).
+    pub access_token: bool,
+    /// In ID tokens (`id.token.claim`, off when absent).
+    pub id_token: bool,
+    /// In the userinfo response (`userinfo.token.claim`; when absent, as `id_token`).
+    pub userinfo: bool,
+}
 
 /// A protocol mapper (`ProtocolMapperRepresentation`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -371,6 +432,43 @@ pub struct ProtocolMapper {
 }
 
 impl ProtocolMapper {
+    /// The claim a user-attribute mapper adds (`None` for other mappers), or why
+    /// ferrobank's provider cannot add it the way Keycloak would.
+    pub fn attribute_claim(&self) -> Option<Result<AttributeClaim, &'static str>> {
+        if self.protocol_mapper != USER_ATTRIBUTE_MAPPER {
+            return None;
+        }
+        let get = |key: &str| self.config.get(key).map(String::as_str);
+        let attribute = get("user.attribute").unwrap_or_default();
+        let claim = get("claim.name").unwrap_or_default();
+        let problem = if attribute.is_empty() || claim.is_empty() {
+            Some("user.attribute and claim.name are required")
+        } else if claim.contains('.') {
+            // Keycloak nests a dotted name (`a.b` is `{"a": {"b": ..}}`); not implemented.
+            Some("claim.name must be a top-level name (no '.')")
+        } else if RESERVED_CLAIMS.contains(&claim) {
+            Some("claim.name is a claim the provider writes itself")
+        } else if get("multivalued") == Some("true") || get("aggregate.attrs") == Some("true") {
+            Some("only single-valued attributes are supported (multivalued, aggregate.attrs)")
+        } else if get("jsonType.label").is_some_and(|t| t != "String") {
+            Some("only jsonType.label String is supported")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Some(Err(problem));
+        }
+        // Keycloak's OIDCAttributeMapperHelper defaults for an absent flag.
+        let id_token = get("id.token.claim") == Some("true");
+        Some(Ok(AttributeClaim {
+            attribute: attribute.to_owned(),
+            claim: claim.to_owned(),
+            access_token: get("access.token.claim") != Some("false"),
+            id_token,
+            userinfo: get("userinfo.token.claim").map_or(id_token, |v| v == "true"),
+        }))
+    }
+
     /// The audience an audience mapper adds to access tokens, if it does.
     pub fn access_token_audience(&self) -> Option<&str> {
         if self.protocol_mapper != AUDIENCE_MAPPER

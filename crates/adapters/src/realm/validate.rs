@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ferrobank_domain::CustomerTier;
 use reqwest::Url;
 
 use super::RealmError;
@@ -16,6 +17,24 @@ pub const PASSWORD_CREDENTIAL: &str = "password";
 /// The most login failures tolerated before a wait: Keycloak's own default (30) is the
 /// loosest setting ferrobank accepts.
 pub const MAX_FAILURE_FACTOR: i64 = 30;
+
+/// Checks a user's [`TIER_ATTRIBUTE`](super::TIER_ATTRIBUTE), if it has one: exactly one
+/// value naming a known tier. A typo must be an error, not a customer silently on the
+/// default tier.
+pub fn check_tier_attribute(attributes: &BTreeMap<String, Vec<String>>) -> Result<(), String> {
+    let Some(values) = attributes.get(super::TIER_ATTRIBUTE) else { return Ok(()) };
+    match values.as_slice() {
+        [one] if CustomerTier::from_name(one).is_some() => Ok(()),
+        _ => {
+            let names: Vec<&str> = CustomerTier::ALL.iter().map(|t| t.as_str()).collect();
+            Err(format!(
+                "attribute {} must have exactly one value, one of {}",
+                super::TIER_ATTRIBUTE,
+                names.join(", ")
+            ))
+        }
+    }
+}
 
 /// Checks every rule and returns all violations, not just the first.
 pub fn validate(realm: &Realm) -> Result<(), Vec<RealmError>> {
@@ -276,7 +295,15 @@ fn walk_groups(
 fn check_client(client: &Client, errors: &mut Vec<RealmError>) {
     let id = &client.client_id;
     for mapper in &client.protocol_mappers {
-        if mapper.protocol_mapper != super::AUDIENCE_MAPPER {
+        if let Some(Err(reason)) = mapper.attribute_claim() {
+            errors.push(RealmError::AttributeMapper {
+                client: id.clone(),
+                name: mapper.name.clone(),
+                reason,
+            });
+        } else if mapper.protocol_mapper != super::AUDIENCE_MAPPER
+            && mapper.protocol_mapper != super::USER_ATTRIBUTE_MAPPER
+        {
             errors.push(RealmError::UnsupportedMapper {
                 client: id.clone(),
                 name: mapper.name.clone(),
@@ -373,6 +400,9 @@ fn check_users(
                 let at = format!("{at}.credentials[{j}]");
                 errors.push(RealmError::CredentialType { at, kind: credential.kind.clone() });
             }
+        }
+        if let Err(reason) = check_tier_attribute(&user.attributes) {
+            errors.push(RealmError::Attribute { at: format!("{at}.attributes"), reason });
         }
         if let Some(client) = &user.service_account_client_id
             && !client_ids.contains(client.as_str())

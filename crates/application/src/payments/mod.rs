@@ -421,10 +421,15 @@ pub fn derived_uuid(parts: &[&str]) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// The customer's tier, which selects their limits. Tiers belong to the customers service
-/// (KYC), which does not exist yet: until it does, every customer is `standard`.
-fn tier_of(_caller: Option<&Principal>) -> CustomerTier {
-    CustomerTier::Standard
+/// The customer's tier, which selects their limits: the `tier` claim of the caller's
+/// validated access token, which the identity provider fills from the user attribute its
+/// administrators set after KYC. Nothing else (a body field, a header) may name a tier.
+fn tier_of(caller: Option<&Principal>) -> CustomerTier {
+    // A missing claim, or a tier this build does not know, gets `standard`: the default
+    // rules give it the lowest limits of all tiers on every rule (the domain's
+    // `standard_is_the_strictest_tier_of_the_defaults` test holds them to that), so a
+    // token that says nothing usable never earns more than the most restrictive limits.
+    caller.and_then(|p| p.tier).unwrap_or(CustomerTier::Standard)
 }
 
 fn owns(principal: &Principal, payment: &Payment) -> bool {
@@ -441,5 +446,33 @@ fn require_analyst(caller: Option<&Principal>) -> Result<(), PaymentsError> {
             Err(PaymentsError::Forbidden("reviews are for risk analysts"))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(tier: Option<CustomerTier>) -> Principal {
+        Principal {
+            subject: "u-1".into(),
+            username: Some("alice".into()),
+            roles: [Role::Customer].into_iter().collect(),
+            client_id: Some("banking-web-app".into()),
+            scopes: Default::default(),
+            issuer: "https://idp.example/realms/banking".into(),
+            tier,
+        }
+    }
+
+    #[test]
+    fn tier_of_is_the_token_tier_and_standard_without_one() {
+        for tier in CustomerTier::ALL {
+            assert_eq!(tier_of(Some(&customer(Some(tier)))), tier);
+        }
+        // No claim, or one the adapter could not map to a known tier.
+        assert_eq!(tier_of(Some(&customer(None))), CustomerTier::Standard);
+        // Authentication off: nobody vouched for a tier.
+        assert_eq!(tier_of(None), CustomerTier::Standard);
     }
 }

@@ -1,6 +1,7 @@
 //! A small Keycloak-shaped admin API for onboarding users, restricted to `banking-admin`
 //! of the same realm: `/admin/realms/{realm}/users[/{id}[/reset-password|/role-mappings/realm]]`,
-//! `/admin/realms/{realm}/roles`, and key rotation. Bodies use Keycloak's representations
+//! `/admin/realms/{realm}/roles`, and key rotation. Customer tiers are set here, as the
+//! user attribute `tier`. Bodies use Keycloak's representations
 //! (`UserRepresentation`, `CredentialRepresentation`, `RoleRepresentation`); errors are
 //! problem+json.
 
@@ -67,7 +68,12 @@ pub struct UserRepresentation {
     realm_roles: Option<BTreeSet<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     groups: Option<BTreeSet<String>>,
+    /// Attributes, `{name: [values]}`; a `PUT` with `attributes` replaces them all.
+    /// ferrobank reads `tier` (a KYC outcome): exactly one of `standard`, `premium`,
+    /// `business`. It becomes the `tier` claim of the user's access tokens and selects
+    /// their payment limits; without it a customer is `standard`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"tier": ["premium"]}))]
     attributes: Option<BTreeMap<String, Vec<String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     credentials: Option<Vec<CredentialRepresentation>>,
@@ -287,12 +293,15 @@ pub async fn get_user(
     Ok(Json(represent(&user)).into_response())
 }
 
-/// Update a user's profile, enabled flag and required actions.
+/// Update a user's profile, enabled flag, required actions and attributes (the customer's
+/// `tier`: `{"attributes": {"tier": ["premium"]}}`; it applies from the user's next access
+/// token).
 #[utoipa::path(put, path = "/admin/realms/{realm}/users/{id}", tag = "admin",
     params(UserPath),
     request_body = UserRepresentation,
     responses(
         (status = 204, description = "Updated"),
+        (status = 400, description = "Invalid user (e.g. an unknown tier)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
@@ -318,6 +327,7 @@ pub async fn update_user(
         enabled: body.enabled,
         email_verified: body.email_verified,
         required_actions: body.required_actions,
+        attributes: body.attributes,
     };
     idp.update_user(&realm, &id, change).await.map_err(user_problem)?;
     Ok(StatusCode::NO_CONTENT.into_response())
