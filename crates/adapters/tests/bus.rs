@@ -791,6 +791,88 @@ async fn kafka_commits_offsets_in_order() {
     nothing_more(&mut late).await;
 }
 
+/// Polls both subscriptions until `count` deliveries arrived, acking each; returns, per
+/// subscription, the events in the order they came.
+async fn from_either(
+    a: &mut Box<dyn Subscription>,
+    b: &mut Box<dyn Subscription>,
+    count: usize,
+) -> [Vec<Event>; 2] {
+    let mut seen: [Vec<Event>; 2] = [Vec::new(), Vec::new()];
+    let deadline = Instant::now() + DEADLINE * 2;
+    while seen[0].len() + seen[1].len() < count {
+        let (which, delivery) = tokio::select! {
+            delivery = a.next() => (0, delivery.unwrap()),
+            delivery = b.next() => (1, delivery.unwrap()),
+            () = tokio::time::sleep_until(deadline.into()) => {
+                panic!("only {} of {count} deliveries", seen[0].len() + seen[1].len())
+            }
+        };
+        seen[which].push(delivery.event().clone());
+        delivery.ack().await.unwrap();
+    }
+    seen
+}
+
+/// Kafka: the subscriptions of one consumer are members of its consumer group. Two of them
+/// split the partitions: together they see every event once, each subject at only one of
+/// them and in order. When one leaves, the other takes over its partitions and gets the
+/// event it left unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_group_members_share_the_partitions() {
+    const SUBJECTS: u64 = 32;
+    let h = Harness::new(Backend::Kafka).await;
+    let mut a = h.subscribe("worker", &["transaction.created"]).await;
+    let mut b = h.subscribe("worker", &["transaction.created"]).await;
+    let mut published = BTreeSet::new();
+    for n in 0..SUBJECTS * 2 {
+        let event = event("transaction.created", &format!("acct-{}", n % SUBJECTS), n);
+        published.insert(event.id.clone());
+        h.publish(&event).await;
+    }
+    let seen = from_either(&mut a, &mut b, published.len()).await;
+    let ids: Vec<&String> = seen.iter().flatten().map(|e| &e.id).collect();
+    assert_eq!(ids.len(), published.len(), "an event came twice");
+    assert_eq!(ids.into_iter().cloned().collect::<BTreeSet<_>>(), published);
+    let subjects = |events: &[Event]| -> BTreeSet<String> {
+        events.iter().map(|e| e.subject.clone()).collect()
+    };
+    assert!(!seen[0].is_empty() && !seen[1].is_empty(), "one member got nothing");
+    assert!(subjects(&seen[0]).is_disjoint(&subjects(&seen[1])), "a subject at both members");
+    for events in &seen {
+        for subject in subjects(events) {
+            let ns: Vec<u64> = events.iter().filter(|e| e.subject == subject).map(n_of).collect();
+            assert!(ns.is_sorted(), "{subject} out of order: {ns:?}");
+        }
+    }
+    nothing_more(&mut a).await;
+    nothing_more(&mut b).await;
+
+    // b takes one event, leaves it unsettled and goes: a gets it again, and the rest.
+    let mut later = BTreeSet::new();
+    for n in 0..SUBJECTS {
+        let event = event("transaction.created", &format!("acct-{n}"), 100 + n);
+        later.insert(event.id.clone());
+        h.publish(&event).await;
+    }
+    let held = next(&mut b).await;
+    drop(b);
+    let mut again = BTreeSet::new();
+    let mut redelivered = false;
+    while again.len() < later.len() {
+        let delivery = next(&mut a).await;
+        if delivery.event().id == held.event().id {
+            redelivered = delivery.redelivered();
+        }
+        again.insert(delivery.event().id.clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(again, later);
+    assert!(redelivered, "the held event came back without `redelivered`");
+    assert!(matches!(held.ack().await, Err(BusError::NotInFlight)));
+    nothing_more(&mut a).await;
+}
+
 /// The broker URL names one or more brokers; anything else is refused before connecting.
 #[tokio::test]
 async fn kafka_refuses_bad_urls_and_options() {

@@ -13,26 +13,43 @@
 //! - `p.<consumer>.dlq`: the consumer's dead letters (one partition: oldest first), with
 //!   the attempt and the reason in headers.
 //!
-//! Offsets live in the broker's consumer groups, written and read with the OffsetCommit
-//! and OffsetFetch requests (rskafka has no group API, so this module speaks those three
-//! requests, FindCoordinator included, itself): group `p.<consumer>` holds how far the
-//! consumer has settled. A partition's offset moves only past deliveries that are all
-//! settled (acked, or their copy confirmed on the retry or dead-letter topic), so the
-//! unsettled deliveries of a subscription that ends come back to the next one. Group
-//! `p.<consumer>.delivered` records how far deliveries went, which is what marks a
-//! delivery `redelivered`. A consumer's first subscription starts its group at the end of
-//! `p.events`: earlier events are not kept for it.
+//! Every subscription of a consumer is a member of the consumer group `p.<consumer>`
+//! (rskafka has no group API, so this module speaks the group requests itself:
+//! FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch). Members subscribe to `p.events` and `p.<consumer>.retry` with the
+//! standard ConsumerProtocol encoding; the leader assigns the partitions with the range
+//! assignor, so the subscriptions of one consumer (in one process or several) share the
+//! partitions and each event reaches one of them. A task per subscription heartbeats every
+//! third of `session_timeout_ms` and, when the coordinator rebalances, stops handing out,
+//! lets the deliveries in flight settle (half a session at most), commits, gives up its
+//! partitions and joins again (the eager protocol); a dropped subscription commits and
+//! leaves the group, so its partitions move at once.
+//!
+//! The group holds how far the consumer has settled. A partition's offset moves only past
+//! deliveries that are all settled (acked, or their copy confirmed on the retry or
+//! dead-letter topic); the member commits that prefix every `commit_interval_ms`, before a
+//! rebalance and when it leaves, with its generation and member id, and only for the
+//! partitions it owns, so the unsettled deliveries of a member that ends come back to the
+//! partitions' next owner. Group `p.<consumer>.delivered` (no members) records how far
+//! deliveries went, which is what marks a delivery `redelivered`. A consumer's first
+//! subscription starts its group at the end of `p.events`: earlier events are not kept for
+//! it.
+//!
+//! Fetching is pipelined: each assigned partition has one fetch under way whenever its
+//! buffer runs low, so the next records arrive while the buffered ones are handed out.
 //!
 //! Publishing waits for the broker's acknowledgement from every in-sync replica
 //! (`acks=all`); moving a delivery to the retry or dead-letter topic does the same before
 //! its offset may be committed, so a crash in between duplicates an event and never loses
 //! one.
 //!
-//! Limits: subscriptions do not join the group as members (no JoinGroup/SyncGroup), so
-//! each subscription reads every partition: run one subscription per consumer (several
-//! see every event twice, which de-duplication absorbs, instead of sharing the stream).
-//! Type bindings are kept by the [`KafkaBus`] value, not on the broker. A retry partition
-//! is read in order, so a retry waits for the ones written before it to be due.
+//! Limits: type bindings are kept by the [`KafkaBus`] value, not on the broker. A retry
+//! partition is read in order, so a retry waits for the ones written before it to be due.
+//! Offsets committed by a member whose generation is over are refused by Apache Kafka;
+//! tansu 0.6 accepts them (it does not fence commits), which is harmless here because a
+//! member commits only settled prefixes of the partitions it owned. A member that misses
+//! its session on tansu 0.6 is dropped without a new generation; the survivors then join
+//! afresh (see [`Membership::join`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +97,12 @@ const IMMEDIATE_WAIT_MS: i32 = 1;
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// The client id sent with every request.
 const CLIENT_ID: &str = "ferrobank";
+/// Shortest and longest group session, in milliseconds (Kafka's broker defaults allow 6 s
+/// to 30 min).
+const MIN_SESSION_TIMEOUT_MS: u64 = 1_000;
+const MAX_SESSION_TIMEOUT_MS: u64 = 30 * 60 * 1_000;
+/// Longest interval between two commits of the settled offsets, in milliseconds.
+const MAX_COMMIT_INTERVAL_MS: u64 = 60_000;
 
 /// Where the bus lives on the broker and how it behaves.
 #[derive(Debug, Clone)]
@@ -103,6 +126,13 @@ pub struct KafkaBusOptions {
     pub operation_timeout_ms: u64,
     /// Longest a fetch waits at the broker for new records, in milliseconds.
     pub fetch_wait_ms: u64,
+    /// A group member that sends no heartbeat for this long is dropped and its partitions
+    /// go to the others, in milliseconds; heartbeats go every third of it. Also the
+    /// rebalance timeout.
+    pub session_timeout_ms: u64,
+    /// How often a subscription commits the settled offsets, in milliseconds (and before a
+    /// rebalance and when it ends).
+    pub commit_interval_ms: u64,
 }
 
 impl Default for KafkaBusOptions {
@@ -116,6 +146,8 @@ impl Default for KafkaBusOptions {
             connect_timeout_ms: 5_000,
             operation_timeout_ms: 5_000,
             fetch_wait_ms: 250,
+            session_timeout_ms: 10_000,
+            commit_interval_ms: 100,
         }
     }
 }
@@ -130,7 +162,6 @@ struct Shared {
     brokers: Vec<String>,
     options: KafkaBusOptions,
     client: Client,
-    groups: Groups,
     events_topic: String,
     events_partitions: i32,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
@@ -268,11 +299,16 @@ impl KafkaBus {
             || options.operation_timeout_ms == 0
             || options.fetch_wait_ms == 0
             || options.fetch_wait_ms >= options.operation_timeout_ms
+            || !(MIN_SESSION_TIMEOUT_MS..=MAX_SESSION_TIMEOUT_MS)
+                .contains(&options.session_timeout_ms)
+            || !(1..=MAX_COMMIT_INTERVAL_MS).contains(&options.commit_interval_ms)
         {
             return Err(BusError::InvalidOptions(format!(
                 "topic_prefix must be 1 to {MAX_PREFIX_BYTES} bytes of [a-z0-9_-], prefetch 1 to \
                  {MAX_PREFETCH}, partitions 1 to {MAX_PARTITIONS}, replication_factor and \
-                 timeouts above 0, fetch_wait_ms below operation_timeout_ms"
+                 timeouts above 0, fetch_wait_ms below operation_timeout_ms, \
+                 session_timeout_ms {MIN_SESSION_TIMEOUT_MS} to {MAX_SESSION_TIMEOUT_MS}, \
+                 commit_interval_ms 1 to {MAX_COMMIT_INTERVAL_MS}"
             )));
         }
         let operation = Duration::from_millis(options.operation_timeout_ms);
@@ -308,7 +344,6 @@ impl KafkaBus {
             })?;
         Ok(Self {
             shared: Arc::new(Shared {
-                groups: Groups::new(brokers.clone(), operation),
                 brokers,
                 options,
                 client,
@@ -524,75 +559,64 @@ impl EventBus for KafkaBus {
         types: &[&str],
     ) -> Result<Box<dyn Subscription>, BusError> {
         validate_subscription(consumer, types)?;
-        let names = Names::new(&self.shared.options.topic_prefix, consumer);
+        let names = Arc::new(Names::new(&self.shared.options.topic_prefix, consumer));
         let retry_partitions = self.declare_consumer(&names).await?;
         let bound = lock(&self.shared.bindings).entry(consumer.to_owned()).or_default().clone();
         lock(&bound).extend(types.iter().map(|t| (*t).to_owned()));
 
-        let mut topics: Vec<(String, Vec<i32>)> = vec![
-            (self.shared.events_topic.clone(), (0..self.shared.events_partitions).collect()),
-            (names.retry.clone(), (0..retry_partitions).collect()),
-        ];
-        topics.retain(|(_, partitions)| !partitions.is_empty());
-        let committed = self.shared.groups.fetch(&names.group, &topics).await?;
-        let delivered = self.shared.groups.fetch(&names.delivered_group, &topics).await?;
-
-        let mut cursors = Vec::new();
-        let mut offsets = Vec::new();
-        let mut first_commit = Vec::new();
-        for (topic, partitions) in &topics {
-            let retry = *topic == names.retry;
-            for &partition in partitions {
-                let client = self.partition(topic, partition).await?;
-                let key = (topic.clone(), partition);
-                let start = match committed.get(&key).copied().filter(|offset| *offset >= 0) {
-                    Some(offset) => offset,
-                    None => {
-                        // A new group: the retry topic from its start, the events from now on.
-                        let (earliest, high) = self.bounds(&client).await?;
-                        let start = if retry { earliest } else { high };
-                        first_commit.push((topic.clone(), partition, start));
-                        start
-                    }
-                };
-                let mark = delivered.get(&key).copied().unwrap_or(-1).max(start);
-                cursors.push(Cursor {
-                    client,
-                    retry,
-                    position: start,
-                    buffer: VecDeque::new(),
-                    redelivered_below: mark,
-                });
-                offsets.push(Offsets {
-                    topic: topic.clone(),
-                    partition,
-                    in_flight: BTreeSet::new(),
-                    handed: start,
-                    committed: start,
-                    delivered_mark: mark,
-                });
-            }
+        let options = &self.shared.options;
+        // A connection of its own: a JoinGroup may wait at the coordinator for a whole
+        // rebalance, which must not hold up other subscriptions' commits.
+        let groups = Arc::new(Groups::new(
+            self.shared.brokers.clone(),
+            Duration::from_millis(options.operation_timeout_ms + options.session_timeout_ms),
+        ));
+        let mut topics = vec![(self.shared.events_topic.clone(), self.shared.events_partitions)];
+        if retry_partitions > 0 {
+            topics.push((names.retry.clone(), retry_partitions));
         }
-        if !first_commit.is_empty() {
-            self.shared.groups.commit(&names.group, &first_commit).await?;
+        let shared = Arc::new(SubscriptionShared {
+            alive: AtomicBool::new(true),
+            state: Mutex::new(SubscriptionState {
+                unsettled: 0,
+                epoch: 0,
+                revoking: false,
+                offsets: Vec::new(),
+            }),
+            member: Mutex::new(Member { id: String::new(), generation: -1 }),
+            settled: Notify::new(),
+            reassigned: Notify::new(),
+            closed: Notify::new(),
+            retry_partitions: retry_partitions.max(1),
+        });
+        let membership = Membership {
+            bus: self.clone(),
+            names: names.clone(),
+            groups: groups.clone(),
+            shared: shared.clone(),
+            topics,
+        };
+        if let Err(e) = membership.join().await {
+            membership.leave().await;
+            return Err(e);
         }
         if let Ok(client) = self.partition(&names.dlq, 0).await
             && let Ok((earliest, high)) = self.bounds(&client).await
         {
             METRICS.dead_letters(consumer, u64::try_from(high - earliest).unwrap_or(0));
         }
+        tokio::spawn(membership.run());
         let prefetch = self.shared.options.prefetch;
         Ok(Box::new(KafkaSubscription {
             bus: self.clone(),
-            names: Arc::new(names),
+            names,
+            groups,
             bound,
-            cursors,
-            shared: Arc::new(SubscriptionShared {
-                alive: AtomicBool::new(true),
-                state: Mutex::new(SubscriptionState { unsettled: 0, offsets }),
-                settled: Notify::new(),
-                committing: tokio::sync::Mutex::new(()),
-            }),
+            cursors: Vec::new(),
+            // Not an epoch: the first `next` builds the cursors of the assignment.
+            epoch: u64::MAX,
+            fetches: tokio::task::JoinSet::new(),
+            shared,
             prefetch,
             turn: 0,
         }))
@@ -659,18 +683,20 @@ fn read_dead_letter(record: &Record) -> DeadLetter {
     DeadLetter { event, attempt, reason }
 }
 
-/// Reading position and fetched-but-not-yet-delivered records of one partition.
+/// Reading position and fetched-but-not-yet-delivered records of one assigned partition.
 struct Cursor {
     client: Arc<PartitionClient>,
     retry: bool,
     /// The next offset to fetch.
     position: i64,
     buffer: VecDeque<RecordAndOffset>,
-    /// Offsets below it were delivered before this subscription started.
+    /// Offsets below it were delivered before this assignment started.
     redelivered_below: i64,
+    /// A fetch of this partition is under way.
+    fetching: bool,
 }
 
-/// The settlement bookkeeping of one partition.
+/// The settlement bookkeeping of one assigned partition.
 #[derive(Debug)]
 struct Offsets {
     topic: String,
@@ -695,62 +721,479 @@ impl Offsets {
 #[derive(Debug)]
 struct SubscriptionState {
     unsettled: usize,
-    /// By cursor index.
+    /// Bumped on every change of assignment: deliveries of an earlier epoch can no longer be
+    /// settled here (their partitions may be someone else's now).
+    epoch: u64,
+    /// A rebalance is under way: nothing more is handed out until the next assignment.
+    revoking: bool,
+    /// The assigned partitions, by cursor index.
     offsets: Vec<Offsets>,
 }
 
-/// What a subscription shares with its unsettled deliveries.
+impl SubscriptionState {
+    /// The bookkeeping of cursor `index` if the assignment is still `epoch`.
+    fn offsets(&mut self, epoch: u64, index: usize) -> Option<&mut Offsets> {
+        if self.epoch == epoch { self.offsets.get_mut(index) } else { None }
+    }
+}
+
+/// This subscription's identity in its consumer group.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Given by the coordinator; empty before the first join.
+    id: String,
+    /// The generation of the current assignment; -1 before the first one.
+    generation: i32,
+}
+
+/// What a subscription shares with its unsettled deliveries and its membership task.
 #[derive(Debug)]
 struct SubscriptionShared {
     /// False once the subscription is dropped: its deliveries can no longer be settled.
     alive: AtomicBool,
     state: Mutex<SubscriptionState>,
-    /// Woken on every settlement (a `next` waiting for prefetch room).
+    member: Mutex<Member>,
+    /// Woken on every settlement (a `next` waiting for prefetch room, a revocation waiting
+    /// for in-flight deliveries).
     settled: Notify,
-    /// Commits one at a time, so that a later one never moves an offset back.
-    committing: tokio::sync::Mutex<()>,
+    /// Woken when the membership task starts a rebalance or hands over an assignment.
+    reassigned: Notify,
+    /// Woken once, when the subscription is dropped (the membership task leaves the group).
+    closed: Notify,
+    /// Partitions of the consumer's retry topic (where a retried event is keyed to).
+    retry_partitions: i32,
 }
 
 impl SubscriptionShared {
-    /// Commits every partition whose settled prefix grew.
-    async fn commit(&self, bus: &KafkaBus, names: &Names) -> Result<(), BusError> {
-        let _one_at_a_time = self.committing.lock().await;
-        let pending: Vec<(String, i32, i64)> = {
+    /// Commits, as the current member, every assigned partition whose settled prefix grew.
+    /// False when the coordinator refused the generation: a rebalance is under way. Called
+    /// only by the membership task, so never across a change of assignment.
+    async fn commit(&self, groups: &Groups, names: &Names) -> Result<bool, BusError> {
+        let (epoch, pending): (u64, Vec<(String, i32, i64)>) = {
             let state = lock(&self.state);
-            state
+            let pending = state
                 .offsets
                 .iter()
                 .filter(|o| o.committable() > o.committed)
                 .map(|o| (o.topic.clone(), o.partition, o.committable()))
-                .collect()
+                .collect();
+            (state.epoch, pending)
         };
-        if pending.is_empty() || !self.alive.load(Ordering::SeqCst) {
-            return Ok(());
+        if pending.is_empty() {
+            return Ok(true);
         }
-        bus.shared.groups.commit(&names.group, &pending).await?;
+        let member = lock(&self.member).clone();
+        if !groups.commit(&names.group, Some(&member), &pending).await? {
+            return Ok(false);
+        }
         let mut state = lock(&self.state);
-        for (topic, partition, offset) in pending {
-            if let Some(o) =
-                state.offsets.iter_mut().find(|o| o.topic == topic && o.partition == partition)
-            {
-                o.committed = o.committed.max(offset);
+        if state.epoch == epoch {
+            for (topic, partition, offset) in pending {
+                if let Some(o) =
+                    state.offsets.iter_mut().find(|o| o.topic == topic && o.partition == partition)
+                {
+                    o.committed = o.committed.max(offset);
+                }
             }
         }
+        Ok(true)
+    }
+}
+
+/// What the members of a consumer's group subscribe to (ConsumerProtocol), one assignor.
+const PROTOCOL_TYPE: &str = "consumer";
+/// The assignor: Kafka's range assignor (see [`assign_range`]).
+const ASSIGNOR: &str = "range";
+/// Pause before joining again after the coordinator asked for it (a rebalance that other
+/// members have not finished), in milliseconds.
+const REJOIN_PAUSE_MS: u64 = 100;
+/// How many session timeouts a join may take before the subscription gives up.
+const JOIN_SESSIONS: u32 = 3;
+
+/// A subscription's membership in its consumer group, run by a task of its own: joins,
+/// heartbeats every third of the session timeout, commits the settled offsets every
+/// `commit_interval_ms`, rejoins when the coordinator rebalances, and on drop commits a
+/// last time and leaves.
+struct Membership {
+    bus: KafkaBus,
+    names: Arc<Names>,
+    groups: Arc<Groups>,
+    shared: Arc<SubscriptionShared>,
+    /// The topics every member subscribes to, with their partition counts.
+    topics: Vec<(String, i32)>,
+}
+
+impl Membership {
+    async fn run(self) {
+        let options = &self.bus.shared.options;
+        let mut commit_tick =
+            tokio::time::interval(Duration::from_millis(options.commit_interval_ms));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat_tick =
+            tokio::time::interval(Duration::from_millis((options.session_timeout_ms / 3).max(1)));
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let rejoin = tokio::select! {
+                () = self.shared.closed.notified() => break,
+                _ = commit_tick.tick() => !self.commit().await,
+                _ = heartbeat_tick.tick() => self.heartbeat().await,
+            };
+            if !self.shared.alive.load(Ordering::SeqCst) {
+                break;
+            }
+            if rejoin {
+                let rebalanced = tokio::select! {
+                    () = self.shared.closed.notified() => break,
+                    rebalanced = self.rebalance() => rebalanced,
+                };
+                if let Err(e) = rebalanced {
+                    tracing::warn!(group = %self.names.group, error = %e, "rejoining the consumer group failed; trying again");
+                    lock(&self.shared.member).id.clear();
+                    heartbeat_tick.reset_immediately();
+                }
+            }
+        }
+        self.commit().await;
+        self.leave().await;
+    }
+
+    /// Commits the settled offsets; false when the coordinator refused this generation.
+    async fn commit(&self) -> bool {
+        match self.shared.commit(&self.groups, &self.names).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::warn!(group = %self.names.group, error = %e, "committing offsets failed");
+                true
+            }
+        }
+    }
+
+    /// One heartbeat; true when the member must join again.
+    async fn heartbeat(&self) -> bool {
+        let member = lock(&self.shared.member).clone();
+        if member.id.is_empty() {
+            return true;
+        }
+        match self.groups.heartbeat(&self.names.group, member.generation, &member.id).await {
+            Ok(NONE) => false,
+            Ok(UNKNOWN_MEMBER_ID) => {
+                lock(&self.shared.member).id.clear();
+                true
+            }
+            Ok(REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION) => true,
+            Ok(code) => {
+                tracing::warn!(group = %self.names.group, code, "heartbeat refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.names.group, error = %e, "heartbeat failed");
+                false
+            }
+        }
+    }
+
+    /// Leaves the group (best effort: otherwise the coordinator drops the member after the
+    /// session timeout).
+    async fn leave(&self) {
+        let id = std::mem::take(&mut lock(&self.shared.member).id);
+        if !id.is_empty()
+            && let Err(e) = self.groups.leave(&self.names.group, &id).await
+        {
+            tracing::warn!(group = %self.names.group, error = %e, "leaving the consumer group failed");
+        }
+    }
+
+    /// The eager protocol: stop handing out, let the deliveries in flight settle (for half
+    /// a session at most), commit them, give up every partition, join again.
+    async fn rebalance(&self) -> Result<(), BusError> {
+        lock(&self.shared.state).revoking = true;
+        self.shared.reassigned.notify_waiters();
+        let patience = Duration::from_millis(self.bus.shared.options.session_timeout_ms / 2);
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if lock(&self.shared.state).unsettled == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
+        }
+        // Refused when the generation is already over: then what was settled comes again
+        // to the partitions' next owner, which consumers de-duplicate.
+        self.commit().await;
+        {
+            let mut state = lock(&self.shared.state);
+            state.offsets.clear();
+            state.unsettled = 0;
+            state.epoch += 1;
+        }
+        self.shared.settled.notify_waiters();
+        self.join().await
+    }
+
+    /// Joins the group (again), takes the leader's assignment and hands it to the
+    /// subscription.
+    async fn join(&self) -> Result<(), BusError> {
+        let options = &self.bus.shared.options;
+        let group = &self.names.group;
+        let session_ms = i32::try_from(options.session_timeout_ms).unwrap_or(i32::MAX);
+        let metadata = encode_subscription(&self.topics)?;
+        let patience = Duration::from_millis(options.session_timeout_ms) * JOIN_SESSIONS;
+        let deadline = tokio::time::Instant::now() + patience;
+        let (mut member_id, previous) = {
+            let member = lock(&self.shared.member);
+            (member.id.clone(), member.generation)
+        };
+        let mut joined_afresh = false;
+        let pause = || tokio::time::sleep(Duration::from_millis(REJOIN_PAUSE_MS));
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BusError::Unavailable(format!(
+                    "consumer group {group}: no assignment within {patience:?}"
+                )));
+            }
+            let join =
+                self.groups.join(group, session_ms, session_ms, &member_id, &metadata).await?;
+            match join.code {
+                NONE => {}
+                MEMBER_ID_REQUIRED => {
+                    member_id = join.member_id;
+                    lock(&self.shared.member).id.clone_from(&member_id);
+                    continue;
+                }
+                UNKNOWN_MEMBER_ID => {
+                    member_id.clear();
+                    continue;
+                }
+                REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => {
+                    pause().await;
+                    continue;
+                }
+                code if COORDINATOR_ERRORS.contains(&code) => {
+                    pause().await;
+                    continue;
+                }
+                code => {
+                    return Err(BusError::Unavailable(format!(
+                        "JoinGroup {group}: error code {code}"
+                    )));
+                }
+            }
+            member_id = join.member_id;
+            lock(&self.shared.member).id.clone_from(&member_id);
+            if previous >= 0 && join.generation <= previous && !joined_afresh {
+                // Asked to rebalance, yet the coordinator kept the generation: tansu 0.6
+                // does so after dropping a member whose session ran out, keeping the old
+                // assignment (the dropped member's partitions with nobody). Leaving and
+                // joining as a new member makes it start a generation.
+                joined_afresh = true;
+                self.groups.leave(group, &member_id).await?;
+                member_id.clear();
+                continue;
+            }
+            // Counts as contact at coordinators that refresh a session only on heartbeats
+            // (tansu), so that a slow join does not time the member out.
+            self.groups.heartbeat(group, join.generation, &member_id).await?;
+            let assignments = if join.leader == member_id {
+                assign_range(&join.members, &self.topics)?
+            } else {
+                Vec::new()
+            };
+            let (code, assignment) =
+                self.groups.sync(group, join.generation, &member_id, &assignments).await?;
+            match code {
+                NONE => {
+                    let member = Member { id: member_id, generation: join.generation };
+                    let partitions = decode_assignment(&assignment)?;
+                    return self.take(member, partitions).await;
+                }
+                UNKNOWN_MEMBER_ID => member_id.clear(),
+                REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION => pause().await,
+                code if COORDINATOR_ERRORS.contains(&code) => pause().await,
+                code => {
+                    return Err(BusError::Unavailable(format!(
+                        "SyncGroup {group}: error code {code}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Starts consuming `partitions` as `member`: reads the committed offsets (committing
+    /// a start for every partition the group has never read: the retry topic from its
+    /// beginning, the events from now on) and hands them to the subscription.
+    async fn take(&self, member: Member, partitions: Vec<(String, i32)>) -> Result<(), BusError> {
+        let all: Vec<(String, Vec<i32>)> = self
+            .topics
+            .iter()
+            .map(|(topic, count)| (topic.clone(), (0..*count).collect()))
+            .collect();
+        let committed = self.groups.fetch(&self.names.group, &all).await?;
+        let delivered = self.groups.fetch(&self.names.delivered_group, &all).await?;
+        let mut starts = HashMap::new();
+        let mut first_commit = Vec::new();
+        for (topic, partitions) in &all {
+            for &partition in partitions {
+                let key = (topic.clone(), partition);
+                let start = match committed.get(&key).copied().filter(|offset| *offset >= 0) {
+                    Some(offset) => offset,
+                    None => {
+                        let client = self.bus.partition(topic, partition).await?;
+                        let (earliest, high) = self.bus.bounds(&client).await?;
+                        let start = if *topic == self.names.retry { earliest } else { high };
+                        first_commit.push((topic.clone(), partition, start));
+                        start
+                    }
+                };
+                starts.insert(key, start);
+            }
+        }
+        if !first_commit.is_empty()
+            && !self.groups.commit(&self.names.group, Some(&member), &first_commit).await?
+        {
+            return Err(BusError::Unavailable(format!(
+                "consumer group {}: the generation ended while starting",
+                self.names.group
+            )));
+        }
+        let offsets = partitions
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                let key = (topic, partition);
+                let start = *starts.get(&key)?;
+                let mark = delivered.get(&key).copied().unwrap_or(-1).max(start);
+                Some(Offsets {
+                    topic: key.0,
+                    partition,
+                    in_flight: BTreeSet::new(),
+                    handed: start,
+                    committed: start,
+                    delivered_mark: mark,
+                })
+            })
+            .collect();
+        tracing::debug!(group = %self.names.group, member = %member.id, generation = member.generation, "assigned");
+        *lock(&self.shared.member) = member;
+        {
+            let mut state = lock(&self.shared.state);
+            state.offsets = offsets;
+            state.unsettled = 0;
+            state.revoking = false;
+            state.epoch += 1;
+        }
+        self.shared.reassigned.notify_waiters();
+        self.shared.settled.notify_waiters();
         Ok(())
     }
 }
 
-/// One consumer's reader of the events topic and its retry topic.
+/// ConsumerProtocol subscription (version 0): the topics, no user data.
+fn encode_subscription(topics: &[(String, i32)]) -> Result<Vec<u8>, BusError> {
+    let mut w = Writer::default();
+    w.i16(0).count(topics.len())?;
+    for (topic, _) in topics {
+        w.string(topic)?;
+    }
+    w.i32(-1);
+    Ok(w.0)
+}
+
+fn decode_subscription(metadata: &[u8]) -> Result<Vec<String>, BusError> {
+    let mut r = Reader(metadata);
+    let _version = r.i16()?;
+    (0..r.count()?).map(|_| Ok(r.string()?.unwrap_or_default())).collect()
+}
+
+/// ConsumerProtocol assignment (version 0): partitions by topic, no user data.
+fn encode_assignment(partitions: &BTreeMap<String, Vec<i32>>) -> Result<Vec<u8>, BusError> {
+    let mut w = Writer::default();
+    w.i16(0).count(partitions.len())?;
+    for (topic, numbers) in partitions {
+        w.string(topic)?.count(numbers.len())?;
+        for number in numbers {
+            w.i32(*number);
+        }
+    }
+    w.i32(-1);
+    Ok(w.0)
+}
+
+/// The partitions of an assignment; none when it is empty (a member left without any).
+fn decode_assignment(assignment: &[u8]) -> Result<Vec<(String, i32)>, BusError> {
+    if assignment.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Reader(assignment);
+    let _version = r.i16()?;
+    let mut partitions = Vec::new();
+    for _ in 0..r.count()? {
+        let topic = r.string()?.unwrap_or_default();
+        for _ in 0..r.count()? {
+            partitions.push((topic.clone(), r.i32()?));
+        }
+    }
+    Ok(partitions)
+}
+
+/// Kafka's range assignor, run by the group's leader: for each topic, its partitions in
+/// contiguous ranges over the members subscribed to it (sorted by member id), the first
+/// members taking one more when the count does not divide. Returns each member's encoded
+/// assignment.
+fn assign_range(
+    members: &[(String, Vec<u8>)],
+    topics: &[(String, i32)],
+) -> Result<Vec<(String, Vec<u8>)>, BusError> {
+    let mut subscriptions = Vec::with_capacity(members.len());
+    for (id, metadata) in members {
+        subscriptions.push((id.clone(), decode_subscription(metadata)?));
+    }
+    subscriptions.sort();
+    let mut assigned: BTreeMap<String, BTreeMap<String, Vec<i32>>> =
+        subscriptions.iter().map(|(id, _)| (id.clone(), BTreeMap::new())).collect();
+    for (topic, count) in topics {
+        let subscribers: Vec<&String> =
+            subscriptions.iter().filter(|(_, t)| t.contains(topic)).map(|(id, _)| id).collect();
+        let Ok(n) = i32::try_from(subscribers.len()) else { continue };
+        if n == 0 {
+            continue;
+        }
+        let (each, extra) = (count / n, count % n);
+        let mut next = 0;
+        for (i, member) in subscribers.into_iter().enumerate() {
+            let take = each + i32::from(i32::try_from(i).is_ok_and(|i| i < extra));
+            if let Some(topics) = assigned.get_mut(member) {
+                topics.insert(topic.clone(), (next..next + take).collect());
+            }
+            next += take;
+        }
+    }
+    assigned.into_iter().map(|(id, partitions)| Ok((id, encode_assignment(&partitions)?))).collect()
+}
+
+/// One consumer's reader of the partitions of the events topic and its retry topic that
+/// the group assigned to it.
 struct KafkaSubscription {
     bus: KafkaBus,
     names: Arc<Names>,
+    groups: Arc<Groups>,
     bound: Arc<Mutex<BTreeSet<String>>>,
+    /// The assigned partitions of `epoch`.
     cursors: Vec<Cursor>,
+    epoch: u64,
+    /// At most one fetch per partition, started as soon as its buffer runs low, so that
+    /// the next records are on their way while the buffered ones are handed out.
+    fetches: tokio::task::JoinSet<(u64, usize, FetchOutcome)>,
     shared: Arc<SubscriptionShared>,
     prefetch: u16,
     /// Where the next look for a ready record starts (partitions take turns).
     turn: usize,
 }
+
+/// A fetch's answer, or that it timed out.
+type FetchOutcome = Result<Fetched, tokio::time::error::Elapsed>;
 
 impl std::fmt::Debug for KafkaSubscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -762,11 +1205,12 @@ impl std::fmt::Debug for KafkaSubscription {
 }
 
 impl Drop for KafkaSubscription {
-    /// The group's offsets stay before the unsettled deliveries: the next subscription
-    /// gets them again.
+    /// The membership task commits what is settled and leaves the group; the unsettled
+    /// deliveries come again to whichever member takes their partitions.
     fn drop(&mut self) {
         self.shared.alive.store(false, Ordering::SeqCst);
         self.shared.settled.notify_waiters();
+        self.shared.closed.notify_one();
     }
 }
 
@@ -781,6 +1225,9 @@ enum Head {
     /// Deliver it.
     Deliver(Box<Event>, u32),
 }
+
+/// A partition's buffer is topped up by a new fetch when it holds fewer records.
+const REFILL_BELOW_RECORDS: usize = 512;
 
 impl KafkaSubscription {
     fn classify(&self, cursor: &Cursor, record: &Record, now: u64) -> Head {
@@ -806,17 +1253,56 @@ impl KafkaSubscription {
         }
     }
 
-    /// Marks the head of cursor `index` as passed (skipped or delivered).
+    /// Rebuilds the cursors for the assignment of `epoch`; stops the old fetches.
+    async fn rebuild(&mut self, epoch: u64) -> Result<(), BusError> {
+        self.fetches.abort_all();
+        self.fetches = tokio::task::JoinSet::new();
+        self.cursors.clear();
+        let assigned: Vec<(String, i32, i64, i64)> = {
+            let state = lock(&self.shared.state);
+            if state.epoch != epoch {
+                return Ok(());
+            }
+            state
+                .offsets
+                .iter()
+                .map(|o| (o.topic.clone(), o.partition, o.handed, o.delivered_mark))
+                .collect()
+        };
+        let mut cursors = Vec::with_capacity(assigned.len());
+        for (topic, partition, start, mark) in assigned {
+            cursors.push(Cursor {
+                client: self.bus.partition(&topic, partition).await?,
+                retry: topic == self.names.retry,
+                position: start,
+                buffer: VecDeque::new(),
+                redelivered_below: mark,
+                fetching: false,
+            });
+        }
+        self.cursors = cursors;
+        self.epoch = epoch;
+        self.turn = 0;
+        Ok(())
+    }
+
+    /// Marks the head of cursor `index` as passed (skipped or delivered); `None` when the
+    /// assignment is being revoked and a delivery may not be handed out any more.
     fn pass(&mut self, index: usize, delivered: bool) -> Option<RecordAndOffset> {
-        let taken = self.cursors[index].buffer.pop_front()?;
         let mut state = lock(&self.shared.state);
-        let offsets = &mut state.offsets[index];
-        offsets.handed = offsets.handed.max(taken.offset + 1);
+        if delivered && state.revoking {
+            return None;
+        }
+        let offset = self.cursors[index].buffer.front()?.offset;
+        let offsets = state.offsets(self.epoch, index)?;
+        offsets.handed = offsets.handed.max(offset + 1);
         if delivered {
-            offsets.in_flight.insert(taken.offset);
+            offsets.in_flight.insert(offset);
+        }
+        if delivered {
             state.unsettled += 1;
         }
-        Some(taken)
+        self.cursors[index].buffer.pop_front()
     }
 
     /// The next deliverable record among the buffers, passing over what is not for this
@@ -830,7 +1316,9 @@ impl KafkaSubscription {
                 let offset = head.offset;
                 match self.classify(&self.cursors[index], &head.record, now_ms()) {
                     Head::Skip => {
-                        self.pass(index, false);
+                        if self.pass(index, false).is_none() {
+                            return Ok(Err(None));
+                        }
                     }
                     Head::Wait(due) => {
                         earliest_due = Some(earliest_due.map_or(due, |d| d.min(due)));
@@ -846,17 +1334,20 @@ impl KafkaSubscription {
                         self.bus
                             .dead_letter(&self.names, record, attempt, DeadLetterReason::Malformed)
                             .await?;
-                        self.pass(index, false);
+                        if self.pass(index, false).is_none() {
+                            return Ok(Err(None));
+                        }
                     }
                     Head::Deliver(event, attempt) => {
                         self.mark_delivered(index, offset).await?;
-                        let Some(taken) = self.pass(index, true) else { break };
+                        let Some(taken) = self.pass(index, true) else { return Ok(Err(None)) };
                         self.turn = (index + 1) % count;
                         METRICS.delivered(&self.names.consumer);
                         let settle = KafkaSettle {
                             bus: self.bus.clone(),
                             names: self.names.clone(),
                             shared: self.shared.clone(),
+                            epoch: self.epoch,
                             index,
                             offset,
                             attempt,
@@ -876,97 +1367,75 @@ impl KafkaSubscription {
         Ok(Err(earliest_due))
     }
 
-    /// Records in the delivered group that `offset` is handed out, before it is.
+    /// Records in the delivered group that `offset` is handed out, before it is. One
+    /// commit covers the buffered records up to `prefetch` ahead, so that it is not a
+    /// round trip per delivery; a subscription that ends may thus mark a few records
+    /// `redelivered` that it never handed out.
     async fn mark_delivered(&self, index: usize, offset: i64) -> Result<(), BusError> {
         let (topic, partition, mark) = {
-            let state = lock(&self.shared.state);
-            let o = &state.offsets[index];
+            let mut state = lock(&self.shared.state);
+            let Some(o) = state.offsets(self.epoch, index) else { return Ok(()) };
             (o.topic.clone(), o.partition, o.delivered_mark)
         };
         if offset < mark {
             return Ok(());
         }
-        let groups = &self.bus.shared.groups;
-        groups.commit(&self.names.delivered_group, &[(topic, partition, offset + 1)]).await?;
+        let upto = (offset + 1 + i64::from(self.prefetch))
+            .min(self.cursors[index].position)
+            .max(offset + 1);
+        self.groups.commit(&self.names.delivered_group, None, &[(topic, partition, upto)]).await?;
         let mut state = lock(&self.shared.state);
-        let o = &mut state.offsets[index];
-        o.delivered_mark = o.delivered_mark.max(offset + 1);
+        if let Some(o) = state.offsets(self.epoch, index) {
+            o.delivered_mark = o.delivered_mark.max(upto);
+        }
         Ok(())
     }
 
-    /// Fetches the partitions with empty buffers until one of them has records, the next
-    /// retry is due, or the fetch wait is over.
-    async fn fill(&mut self, due_ms: Option<u64>) -> Result<(), BusError> {
+    /// Starts a fetch for every partition without one whose buffer runs low.
+    fn start_fetches(&mut self) {
         let wait_ms = i32::try_from(self.bus.shared.options.fetch_wait_ms).unwrap_or(i32::MAX);
+        let wait = Duration::from_millis(self.bus.shared.options.fetch_wait_ms);
         let timeout = Duration::from_millis(self.bus.shared.options.operation_timeout_ms);
-        let mut fetches = tokio::task::JoinSet::new();
-        for (index, cursor) in self.cursors.iter().enumerate() {
-            if cursor.buffer.is_empty() {
-                let (client, position) = (cursor.client.clone(), cursor.position);
-                fetches.spawn(async move {
-                    let fetched =
-                        tokio::time::timeout(timeout, fetch(&client, position, wait_ms)).await;
-                    (index, fetched)
-                });
+        let epoch = self.epoch;
+        for (index, cursor) in self.cursors.iter_mut().enumerate() {
+            if cursor.fetching || cursor.buffer.len() >= REFILL_BELOW_RECORDS {
+                continue;
             }
-        }
-        let due = due_ms.map(|due| {
-            tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
-        });
-        let due_sleep = async {
-            match due {
-                Some(due) => tokio::time::sleep_until(due).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(due_sleep);
-        let waited_enough =
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms.unsigned_abs().into());
-        loop {
-            let joined = tokio::select! {
-                joined = fetches.join_next() => joined,
-                () = &mut due_sleep => return Ok(()),
-            };
-            let Some(joined) = joined else {
-                // Every partition answered empty; a broker that answers an empty partition
-                // at once (not after the fetch wait) is not asked again before it is over.
-                tokio::select! {
-                    () = tokio::time::sleep_until(waited_enough) => {}
-                    () = &mut due_sleep => {}
+            cursor.fetching = true;
+            let (client, position) = (cursor.client.clone(), cursor.position);
+            self.fetches.spawn(async move {
+                let started = tokio::time::Instant::now();
+                let fetched =
+                    tokio::time::timeout(timeout, fetch(&client, position, wait_ms)).await;
+                // A broker that answers an empty partition at once (not after the fetch
+                // wait) is not asked again before the wait is over.
+                if matches!(&fetched, Ok(Ok((records, _))) if records.is_empty()) {
+                    tokio::time::sleep_until(started + wait).await;
                 }
-                return Ok(());
-            };
-            let got_records = self.take_fetched(joined)?;
-            if got_records {
-                // Keep what else has already arrived; the rest is cancelled.
-                while let Some(joined) = fetches.try_join_next() {
-                    self.take_fetched(joined)?;
-                }
-                return Ok(());
-            }
+                (epoch, index, fetched)
+            });
         }
     }
 
     fn take_fetched(
         &mut self,
-        joined: Result<
-            (usize, Result<Fetched, tokio::time::error::Elapsed>),
-            tokio::task::JoinError,
-        >,
-    ) -> Result<bool, BusError> {
-        let (index, fetched) = joined.map_err(|e| broker("fetch", e))?;
+        joined: Result<(u64, usize, FetchOutcome), tokio::task::JoinError>,
+    ) -> Result<(), BusError> {
+        let (epoch, index, fetched) = joined.map_err(|e| broker("fetch", e))?;
+        if epoch != self.epoch {
+            return Ok(());
+        }
         let (records, _high) = fetched
             .map_err(|_| BusError::Unavailable("fetch: no answer in time".into()))?
             .map_err(|e| broker("fetch", e))?;
         let cursor = &mut self.cursors[index];
-        let fresh: Vec<RecordAndOffset> =
-            records.into_iter().filter(|r| r.offset >= cursor.position).collect();
-        if let Some(last) = fresh.last() {
-            cursor.position = last.offset + 1;
-        }
-        let got = !fresh.is_empty();
+        cursor.fetching = false;
+        let fresh = records.into_iter().filter(|r| r.offset >= cursor.position);
         cursor.buffer.extend(fresh);
-        Ok(got)
+        if let Some(last) = cursor.buffer.back() {
+            cursor.position = cursor.position.max(last.offset + 1);
+        }
+        Ok(())
     }
 }
 
@@ -974,24 +1443,57 @@ impl KafkaSubscription {
 impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Result<Delivery, BusError> {
         loop {
-            // Registered before looking, so a settlement between the look and the wait
-            // wakes us.
+            // Registered before looking, so that a settlement or a reassignment between the
+            // look and the wait wakes us.
             let shared = self.shared.clone();
             let settled = shared.settled.notified();
-            tokio::pin!(settled);
+            let reassigned = shared.reassigned.notified();
+            tokio::pin!(settled, reassigned);
             settled.as_mut().enable();
-            if lock(&shared.state).unsettled >= usize::from(self.prefetch) {
-                settled.await;
+            reassigned.as_mut().enable();
+            let (epoch, revoking, unsettled) = {
+                let state = lock(&shared.state);
+                (state.epoch, state.revoking, state.unsettled)
+            };
+            if epoch != self.epoch {
+                Box::pin(self.rebuild(epoch)).await?;
                 continue;
             }
+            if revoking || self.cursors.is_empty() {
+                // A rebalance, or a member with no partition (more members than
+                // partitions): wait for the next assignment.
+                reassigned.await;
+                continue;
+            }
+            if unsettled >= usize::from(self.prefetch) {
+                tokio::select! {
+                    () = &mut settled => {}
+                    () = &mut reassigned => {}
+                }
+                continue;
+            }
+            while let Some(joined) = self.fetches.try_join_next() {
+                self.take_fetched(joined)?;
+            }
+            self.start_fetches();
             let due = match Box::pin(self.take_ready()).await? {
                 Ok(delivery) => return Ok(delivery),
                 Err(due) => due,
             };
-            Box::pin(self.fill(due)).await?;
-            // What was passed over (other types) may be committed now.
-            if lock(&self.shared.state).unsettled == 0 {
-                self.shared.commit(&self.bus, &self.names).await?;
+            self.start_fetches();
+            let due_sleep = async {
+                match due {
+                    Some(due) => {
+                        tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms())))
+                            .await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(joined) = self.fetches.join_next() => self.take_fetched(joined)?,
+                () = due_sleep => {}
+                () = &mut reassigned => {}
             }
         }
     }
@@ -1006,6 +1508,8 @@ struct KafkaSettle {
     bus: KafkaBus,
     names: Arc<Names>,
     shared: Arc<SubscriptionShared>,
+    /// The assignment it was delivered under.
+    epoch: u64,
     index: usize,
     offset: i64,
     attempt: u32,
@@ -1024,9 +1528,14 @@ impl std::fmt::Debug for KafkaSettle {
 
 #[async_trait]
 impl Settle for KafkaSettle {
+    /// Records the outcome; the membership task commits the settled prefix of each
+    /// partition every `commit_interval_ms` (and before a rebalance or leaving).
     async fn settle(self: Box<Self>, outcome: Outcome) -> Result<(), BusError> {
-        let Self { bus, names, shared, index, offset, attempt, mut record } = *self;
-        if !shared.alive.load(Ordering::SeqCst) {
+        let Self { bus, names, shared, epoch, index, offset, attempt, mut record } = *self;
+        let in_flight = |shared: &SubscriptionShared| {
+            shared.alive.load(Ordering::SeqCst) && lock(&shared.state).epoch == epoch
+        };
+        if !in_flight(&shared) {
             return Err(BusError::NotInFlight);
         }
         let retry = bus.shared.options.retry;
@@ -1044,11 +1553,7 @@ impl Settle for KafkaSettle {
                 record.headers.insert(DUE_HEADER.into(), due.to_string().into_bytes());
                 record.timestamp = timestamp(now_ms());
                 let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                let partitions = i32::try_from(
-                    lock(&shared.state).offsets.iter().filter(|o| o.topic == names.retry).count(),
-                )
-                .unwrap_or(1);
-                let partition = partition_of(&key, partitions);
+                let partition = partition_of(&key, shared.retry_partitions);
                 bus.produce(&names.retry, partition, record).await?;
             }
             Outcome::Reject => {
@@ -1057,7 +1562,8 @@ impl Settle for KafkaSettle {
         }
         {
             let mut state = lock(&shared.state);
-            if !state.offsets[index].in_flight.remove(&offset) {
+            let removed = state.offsets(epoch, index).is_some_and(|o| o.in_flight.remove(&offset));
+            if !removed || !shared.alive.load(Ordering::SeqCst) {
                 return Err(BusError::NotInFlight);
             }
             state.unsettled = state.unsettled.saturating_sub(1);
@@ -1068,15 +1574,13 @@ impl Settle for KafkaSettle {
             Outcome::Retry if attempt < retry.max_attempts => METRICS.retried(&names.consumer),
             Outcome::Retry | Outcome::Reject => {}
         }
-        if !shared.alive.load(Ordering::SeqCst) {
-            return Err(BusError::NotInFlight);
-        }
-        shared.commit(&bus, &names).await
+        Ok(())
     }
 }
 
-/// The consumer-group requests rskafka does not speak: FindCoordinator (v0), OffsetCommit
-/// (v2) and OffsetFetch (v1), over connections of their own to each group's coordinator.
+/// The consumer-group requests rskafka does not speak: FindCoordinator (v0), JoinGroup
+/// (v4), SyncGroup (v2), Heartbeat (v2), LeaveGroup (v2), OffsetCommit (v2) and OffsetFetch
+/// (v1), over connections of their own to each group's coordinator.
 struct Groups {
     bootstrap: Vec<String>,
     timeout: Duration,
@@ -1095,6 +1599,18 @@ struct GroupLink {
 const FIND_COORDINATOR: (i16, i16) = (10, 0);
 const OFFSET_COMMIT: (i16, i16) = (8, 2);
 const OFFSET_FETCH: (i16, i16) = (9, 1);
+const JOIN_GROUP: (i16, i16) = (11, 4);
+const HEARTBEAT: (i16, i16) = (12, 2);
+const LEAVE_GROUP: (i16, i16) = (13, 2);
+const SYNC_GROUP: (i16, i16) = (14, 2);
+/// Kafka protocol error codes the membership answers to.
+const NONE: i16 = 0;
+const ILLEGAL_GENERATION: i16 = 22;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const MEMBER_ID_REQUIRED: i16 = 79;
+/// What refuses a commit because the member or its generation is no longer current.
+const FENCED: [i16; 3] = [ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS];
 /// Errors after which the coordinator is looked up again (Kafka protocol error codes
 /// COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR).
 const COORDINATOR_ERRORS: [i16; 3] = [14, 15, 16];
@@ -1126,6 +1642,11 @@ impl Writer {
     fn count(&mut self, n: usize) -> Result<&mut Self, BusError> {
         let n = i32::try_from(n).map_err(|_| BusError::InvalidOptions("array too long".into()))?;
         Ok(self.i32(n))
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<&mut Self, BusError> {
+        self.count(b.len())?;
+        self.0.extend(b);
+        Ok(self)
     }
 }
 
@@ -1166,6 +1687,28 @@ impl Reader<'_> {
         self.0 = rest;
         Ok(Some(String::from_utf8_lossy(text).into_owned()))
     }
+    /// Nullable bytes (an `i32` length); null reads as empty.
+    fn bytes(&mut self) -> Result<Vec<u8>, BusError> {
+        let Ok(len) = usize::try_from(self.i32()?) else { return Ok(Vec::new()) };
+        if self.0.len() < len {
+            return Err(BusError::Unavailable(
+                "truncated answer from the group coordinator".into(),
+            ));
+        }
+        let (bytes, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(bytes.to_vec())
+    }
+}
+
+/// A JoinGroup answer.
+struct Joined {
+    code: i16,
+    generation: i32,
+    leader: String,
+    member_id: String,
+    /// Every member with its subscription, for the leader only.
+    members: Vec<(String, Vec<u8>)>,
 }
 
 impl Groups {
@@ -1173,15 +1716,22 @@ impl Groups {
         Self { bootstrap, timeout, link: tokio::sync::Mutex::default() }
     }
 
-    /// Commits `offsets` (topic, partition, next offset to read) for `group`, as a group
-    /// without members (generation -1) does.
-    async fn commit(&self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), BusError> {
+    /// Commits `offsets` (topic, partition, next offset to read) for `group` as `member`, or
+    /// as a group without members does (generation -1) when `None`. False when the
+    /// coordinator refused the member or its generation (a rebalance is under way).
+    async fn commit(
+        &self,
+        group: &str,
+        member: Option<&Member>,
+        offsets: &[(String, i32, i64)],
+    ) -> Result<bool, BusError> {
         let mut by_topic: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
         for (topic, partition, offset) in offsets {
             by_topic.entry(topic).or_default().push((*partition, *offset));
         }
         let mut body = Writer::default();
-        body.string(group)?.i32(-1).string("")?.i64(-1).count(by_topic.len())?;
+        let (generation, member_id) = member.map_or((-1, ""), |m| (m.generation, m.id.as_str()));
+        body.string(group)?.i32(generation).string(member_id)?.i64(-1).count(by_topic.len())?;
         for (topic, partitions) in &by_topic {
             body.string(topic)?.count(partitions.len())?;
             for (partition, offset) in partitions {
@@ -1195,6 +1745,9 @@ impl Groups {
             for _ in 0..r.count()? {
                 let partition = r.i32()?;
                 let code = r.i16()?;
+                if FENCED.contains(&code) {
+                    return Ok(false);
+                }
                 if code != 0 {
                     self.forget_on(group, code).await;
                     return Err(BusError::Unavailable(format!(
@@ -1203,7 +1756,93 @@ impl Groups {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// JoinGroup: asks to be (or stay) a member with `metadata` (a ConsumerProtocol
+    /// subscription); may wait at the coordinator until the rebalance completes.
+    async fn join(
+        &self,
+        group: &str,
+        session_timeout_ms: i32,
+        rebalance_timeout_ms: i32,
+        member_id: &str,
+        metadata: &[u8],
+    ) -> Result<Joined, BusError> {
+        let mut body = Writer::default();
+        body.string(group)?.i32(session_timeout_ms).i32(rebalance_timeout_ms).string(member_id)?;
+        body.string(PROTOCOL_TYPE)?.count(1)?.string(ASSIGNOR)?.bytes(metadata)?;
+        let answer = self.call(group, JOIN_GROUP, &body.0).await?;
+        let mut r = Reader(&answer);
+        let _throttle_ms = r.i32()?;
+        let code = r.i16()?;
+        let generation = r.i32()?;
+        let _protocol = r.string()?;
+        let leader = r.string()?.unwrap_or_default();
+        let member_id = r.string()?.unwrap_or_default();
+        let mut members = Vec::new();
+        for _ in 0..r.count()? {
+            let id = r.string()?.unwrap_or_default();
+            members.push((id, r.bytes()?));
+        }
+        self.forget_on(group, code).await;
+        Ok(Joined { code, generation, leader, member_id, members })
+    }
+
+    /// SyncGroup: the leader hands in every member's assignment; every member gets its own
+    /// (error code, encoded assignment).
+    async fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: &[(String, Vec<u8>)],
+    ) -> Result<(i16, Vec<u8>), BusError> {
+        let mut body = Writer::default();
+        body.string(group)?.i32(generation).string(member_id)?.count(assignments.len())?;
+        for (member, assignment) in assignments {
+            body.string(member)?.bytes(assignment)?;
+        }
+        let answer = self.call(group, SYNC_GROUP, &body.0).await?;
+        let mut r = Reader(&answer);
+        let _throttle_ms = r.i32()?;
+        let code = r.i16()?;
+        let assignment = r.bytes()?;
+        self.forget_on(group, code).await;
+        Ok((code, assignment))
+    }
+
+    /// Heartbeat: the member is alive; the error code says whether to rejoin.
+    async fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Result<i16, BusError> {
+        let mut body = Writer::default();
+        body.string(group)?.i32(generation).string(member_id)?;
+        let answer = self.call(group, HEARTBEAT, &body.0).await?;
+        let mut r = Reader(&answer);
+        let _throttle_ms = r.i32()?;
+        let code = r.i16()?;
+        self.forget_on(group, code).await;
+        Ok(code)
+    }
+
+    /// LeaveGroup: the member's partitions go to the others at once.
+    async fn leave(&self, group: &str, member_id: &str) -> Result<(), BusError> {
+        let mut body = Writer::default();
+        body.string(group)?.string(member_id)?;
+        let answer = self.call(group, LEAVE_GROUP, &body.0).await?;
+        let mut r = Reader(&answer);
+        let _throttle_ms = r.i32()?;
+        match r.i16()? {
+            NONE | UNKNOWN_MEMBER_ID => Ok(()),
+            code => {
+                self.forget_on(group, code).await;
+                Err(BusError::Unavailable(format!("LeaveGroup {group}: error code {code}")))
+            }
+        }
     }
 
     /// The committed offsets of `group` (-1 where there is none).
@@ -1363,6 +2002,35 @@ mod tests {
         }
         assert_eq!(partition_of("acct-1", 1), 0);
         assert!((0..8).contains(&partition_of("acct-1", 8)));
+    }
+
+    #[test]
+    fn the_range_assignor_splits_every_topic_over_its_members() {
+        let topics = [("p.events".to_owned(), 8), ("p.c.retry".to_owned(), 2)];
+        let subscription = encode_subscription(&topics).unwrap();
+        assert_eq!(decode_subscription(&subscription).unwrap(), ["p.events", "p.c.retry"]);
+        let members: Vec<(String, Vec<u8>)> = ["m-b", "m-a", "m-c"]
+            .iter()
+            .map(|id| ((*id).to_owned(), subscription.clone()))
+            .collect();
+        let assigned: BTreeMap<String, Vec<(String, i32)>> = assign_range(&members, &topics)
+            .unwrap()
+            .into_iter()
+            .map(|(id, assignment)| (id, decode_assignment(&assignment).unwrap()))
+            .collect();
+        let events = |id: &str| -> Vec<i32> {
+            assigned[id].iter().filter(|(t, _)| t == "p.events").map(|(_, p)| *p).collect()
+        };
+        assert_eq!(
+            (events("m-a"), events("m-b"), events("m-c")),
+            (vec![0, 1, 2], vec![3, 4, 5], vec![6, 7])
+        );
+        let retries: Vec<usize> = ["m-a", "m-b", "m-c"]
+            .iter()
+            .map(|id| assigned[*id].iter().filter(|(t, _)| t == "p.c.retry").count())
+            .collect();
+        assert_eq!(retries, [1, 1, 0]);
+        assert_eq!(decode_assignment(&[]).unwrap(), []);
     }
 
     #[test]
