@@ -108,9 +108,13 @@ pub struct ActivityPage {
 /// Where enriched activity is kept.
 #[async_trait]
 pub trait ActivityLog: Send + Sync + std::fmt::Debug {
-    /// Stores `entry` unless an entry with its id exists (a redelivered event): returns
-    /// whether it was new. The first entry stays as it was.
-    async fn append(&self, entry: &ActivityEntry) -> Result<bool, StoreError>;
+    /// Stores each of `entries` unless an entry with its id exists (a redelivered event),
+    /// in one write: returns how many were new. The first entry stays as it was.
+    async fn append_all(&self, entries: &[ActivityEntry]) -> Result<u64, StoreError>;
+    /// Stores `entry` unless an entry with its id exists: returns whether it was new.
+    async fn append(&self, entry: &ActivityEntry) -> Result<bool, StoreError> {
+        Ok(self.append_all(std::slice::from_ref(entry)).await? == 1)
+    }
     /// Entries matching `query`, oldest first, one page at a time.
     async fn query(&self, query: &ActivityQuery) -> Result<ActivityPage, StoreError>;
 }

@@ -45,8 +45,21 @@ pub struct AuditPage {
 /// chain's head atomically: concurrent appenders (tasks or processes) never fork the chain.
 #[async_trait]
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Appends `entries` in order after the current head, atomically (all or none), and
+    /// returns each as stored. An entry whose id is in the chain already (a redelivered
+    /// event) is not appended again: its stored record is returned in its place, as it is
+    /// for a second entry with the same id in `entries`. One call is one round of the
+    /// chain's lock and one commit, which is what lets the audit consumer keep up with the
+    /// events of thousands of payments a second.
+    async fn append_all(&self, entries: Vec<NewAuditEntry>)
+    -> Result<Vec<AuditRecord>, StoreError>;
     /// Appends one record after the current head and returns it as stored.
-    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError>;
+    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+        self.append_all(vec![entry])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("an append returned no record".into()))
+    }
     /// Up to `limit` (capped at [`MAX_AUDIT_PAGE`]) records with `seq >= from_seq`, in
     /// `seq` order, exactly as stored (not verified: that is `audit::verify`'s job).
     async fn read(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;

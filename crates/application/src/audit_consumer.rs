@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use ferrobank_domain::Currency;
 use ferrobank_domain::audit::{AuditAction, AuditActor, AuditOutcome, NewAuditEntry};
+use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -41,6 +42,9 @@ pub const AUDITED_EVENT_TYPES: [&str; 11] = [
     "payment.held_for_review",
     "payment.rejected",
 ];
+
+/// Most deliveries recorded in one batch (one append to the chain).
+pub const MAX_AUDIT_BATCH: usize = 512;
 
 /// Longest wait before subscribing again after the bus went away, in milliseconds.
 const MAX_RESUBSCRIBE_BACKOFF_MS: u64 = 30_000;
@@ -73,12 +77,23 @@ impl AuditConsumer {
     pub async fn handle(&self, event: &Event) -> Result<(), ConsumeError> {
         let entry = audit_entry(event)?;
         let activity = match &self.activity {
-            Some(log) => activity_entry(event)?.map(|entry| (log, entry)),
+            Some(_) => activity_entry(event)?,
             None => None,
         };
-        self.log.append(entry).await?;
-        if let Some((log, entry)) = activity {
-            log.append(&entry).await?;
+        Ok(self.record(vec![entry], activity.into_iter().collect()).await?)
+    }
+
+    /// Appends the records of a batch in one append, then their activity entries in one.
+    async fn record(
+        &self,
+        entries: Vec<NewAuditEntry>,
+        activities: Vec<ActivityEntry>,
+    ) -> Result<(), StoreError> {
+        if !entries.is_empty() {
+            self.log.append_all(entries).await?;
+        }
+        if let (Some(log), false) = (&self.activity, activities.is_empty()) {
+            log.append_all(&activities).await?;
         }
         Ok(())
     }
@@ -86,26 +101,57 @@ impl AuditConsumer {
     /// Settles one delivery: ack after the appends, retry on a store error, reject an
     /// unreadable event.
     pub async fn settle(&self, delivery: Delivery) -> Result<(), BusError> {
-        match self.handle(delivery.event()).await {
-            Ok(()) => delivery.ack().await,
-            Err(ConsumeError::Invalid(reason)) => {
-                tracing::error!(event_id = %delivery.event().id, %reason, "audit: event rejected");
-                metrics::counter!("ferrobank_audit_events_rejected_total").increment(1);
-                delivery.reject().await
-            }
-            Err(ConsumeError::Store(error)) => {
-                tracing::warn!(
-                    event_id = %delivery.event().id, attempt = delivery.attempt(), %error,
-                    "audit: store failed; the event will be delivered again"
-                );
-                delivery.retry().await
-            }
-        }
+        self.settle_all(vec![delivery]).await
     }
 
-    /// Subscribes as [`AUDIT_CONSUMER`] to [`AUDITED_EVENT_TYPES`] and records every
-    /// delivery, one at a time, until the task is aborted. When the bus goes away it
-    /// subscribes again with a growing backoff.
+    /// Settles a batch of deliveries: the readable ones are recorded together (one append
+    /// to the chain, one to the activity log) and acked after both, or all retried when the
+    /// store failed; an unreadable event is rejected on its own.
+    pub async fn settle_all(&self, deliveries: Vec<Delivery>) -> Result<(), BusError> {
+        let mut readable = Vec::with_capacity(deliveries.len());
+        let mut entries = Vec::with_capacity(deliveries.len());
+        let mut activities = Vec::new();
+        let mut first_error = None;
+        for delivery in deliveries {
+            let event = delivery.event();
+            let parsed = audit_entry(event).and_then(|entry| match &self.activity {
+                Some(_) => Ok((entry, activity_entry(event)?)),
+                None => Ok((entry, None)),
+            });
+            match parsed {
+                Ok((entry, activity)) => {
+                    entries.push(entry);
+                    activities.extend(activity);
+                    readable.push(delivery);
+                }
+                Err(error) => {
+                    if let Err(error) = finish(delivery, Err(error)).await {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+        metrics::histogram!("ferrobank_audit_batch_size").record(readable.len() as f64);
+        let recorded = self.record(entries, activities).await;
+        let alone = recorded.is_err() && readable.len() > 1;
+        for delivery in readable {
+            // After a failed batch, each event is recorded alone, so that one the store
+            // refuses does not hold back (or dead-letter) the others.
+            let outcome = match alone {
+                true => self.handle(delivery.event()).await,
+                false => recorded.as_ref().map(|_| ()).map_err(|e| ConsumeError::Store(e.clone())),
+            };
+            if let Err(error) = finish(delivery, outcome).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Subscribes as [`AUDIT_CONSUMER`] to [`AUDITED_EVENT_TYPES`] and records deliveries
+    /// until the task is aborted: it waits for one, takes every other one already there
+    /// (up to [`MAX_AUDIT_BATCH`] and the subscription's prefetch) and records them as one
+    /// batch. When the bus goes away it subscribes again with a growing backoff.
     pub async fn run(self, bus: Arc<dyn EventBus>) {
         let mut backoff_ms = 100_u64;
         loop {
@@ -113,16 +159,32 @@ impl AuditConsumer {
                 Ok(mut subscription) => {
                     backoff_ms = 100;
                     loop {
-                        match subscription.next().await {
-                            Ok(delivery) => {
-                                if let Err(error) = self.settle(delivery).await {
-                                    tracing::warn!(%error, "audit: settling a delivery failed");
-                                }
-                            }
+                        let first = match subscription.next().await {
+                            Ok(delivery) => delivery,
                             Err(error) => {
                                 tracing::warn!(%error, "audit: subscription ended");
                                 break;
                             }
+                        };
+                        let mut batch = vec![first];
+                        let mut ended = None;
+                        // `next` is cancel-safe: a delivery not ready yet is not lost.
+                        while batch.len() < MAX_AUDIT_BATCH {
+                            match subscription.next().now_or_never() {
+                                Some(Ok(delivery)) => batch.push(delivery),
+                                Some(Err(error)) => {
+                                    ended = Some(error);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if let Err(error) = self.settle_all(batch).await {
+                            tracing::warn!(%error, "audit: settling a delivery failed");
+                        }
+                        if let Some(error) = ended {
+                            tracing::warn!(%error, "audit: subscription ended");
+                            break;
                         }
                     }
                 }
@@ -130,6 +192,25 @@ impl AuditConsumer {
             }
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(MAX_RESUBSCRIBE_BACKOFF_MS);
+        }
+    }
+}
+
+/// Acks a recorded delivery, rejects an unreadable one, retries one the store failed.
+async fn finish(delivery: Delivery, outcome: Result<(), ConsumeError>) -> Result<(), BusError> {
+    match outcome {
+        Ok(()) => delivery.ack().await,
+        Err(ConsumeError::Invalid(reason)) => {
+            tracing::error!(event_id = %delivery.event().id, %reason, "audit: event rejected");
+            metrics::counter!("ferrobank_audit_events_rejected_total").increment(1);
+            delivery.reject().await
+        }
+        Err(ConsumeError::Store(error)) => {
+            tracing::warn!(
+                event_id = %delivery.event().id, attempt = delivery.attempt(), %error,
+                "audit: store failed; the event will be delivered again"
+            );
+            delivery.retry().await
         }
     }
 }

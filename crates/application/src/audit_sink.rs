@@ -165,13 +165,16 @@ mod tests {
 
     #[async_trait]
     impl AuditLog for SlowLog {
-        async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+        async fn append_all(
+            &self,
+            entries: Vec<NewAuditEntry>,
+        ) -> Result<Vec<AuditRecord>, StoreError> {
             self.gate.acquire().await.unwrap().forget();
             let mut records = self.records.lock().unwrap();
             let head = records.last().map_or(ChainHead::GENESIS, ChainHead::of);
-            let record = head.next(entry);
-            records.push(record.clone());
-            Ok(record)
+            let (all, new) = head.link_all(entries, records.clone());
+            records.extend(new);
+            Ok(all)
         }
         async fn read(&self, _: u64, _: u32) -> Result<Vec<AuditRecord>, StoreError> {
             Ok(Vec::new())

@@ -174,16 +174,17 @@ impl PaymentWorker {
         id: PaymentId,
         event_id: Option<String>,
     ) -> Result<(), WorkerError> {
-        if let Some(event_id) = &event_id
-            && self.payments.seen(WORKER_CONSUMER, event_id).await.map_err(transient)?
-        {
-            metrics::counter!("ferrobank_payment_worker_duplicates_total").increment(1);
-            return Ok(());
-        }
+        // The payment's status says how far it got, so a copy of an event already processed
+        // costs this one read; the inbox row written with the settlement is what rules out
+        // a second effect of the same event (the writer checks it under the payment's lock).
         let payment = match self.payments.store().payment(id).await.map_err(store)? {
             Some(payment) => payment,
             None => return Err(WorkerError::Poison(format!("payment {id} does not exist"))),
         };
+        if payment.status.is_terminal() && event_id.is_some() {
+            metrics::counter!("ferrobank_payment_worker_duplicates_total").increment(1);
+            return Ok(());
+        }
         let payment = match payment.status {
             PaymentStatus::Pending if !payment.is_external() => {
                 return self.settle(&payment, Settlement::Succeeded, true, event_id).await;

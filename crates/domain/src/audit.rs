@@ -289,6 +289,36 @@ impl ChainHead {
         record.hash = record.compute_hash();
         record
     }
+
+    /// Links `entries` in order after this head, except those whose id is among `stored`
+    /// (records already in the chain) or earlier in `entries`: returns every entry's record
+    /// in the order of `entries` (a repeated id gets the record stored first) and the new
+    /// links, in chain order, which the caller stores.
+    pub fn link_all(
+        self,
+        entries: Vec<NewAuditEntry>,
+        stored: Vec<AuditRecord>,
+    ) -> (Vec<AuditRecord>, Vec<AuditRecord>) {
+        let mut known: std::collections::HashMap<Uuid, AuditRecord> =
+            stored.into_iter().map(|r| (r.id, r)).collect();
+        let mut head = self;
+        let mut all = Vec::with_capacity(entries.len());
+        let mut new = Vec::new();
+        for entry in entries {
+            let record = match known.get(&entry.id) {
+                Some(record) => record.clone(),
+                None => {
+                    let record = head.next(entry);
+                    head = Self::of(&record);
+                    known.insert(record.id, record.clone());
+                    new.push(record.clone());
+                    record
+                }
+            };
+            all.push(record);
+        }
+        (all, new)
+    }
 }
 
 /// The first place where a chain is not what was appended.

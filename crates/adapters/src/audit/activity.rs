@@ -114,19 +114,34 @@ fn entry(stored: StoredActivity) -> Result<ActivityEntry, StoreError> {
 
 #[async_trait]
 impl ActivityLog for MongoActivityLog {
-    async fn append(&self, entry: &ActivityEntry) -> Result<bool, StoreError> {
-        entry.validate()?;
-        match self.entries.insert_one(stored(entry)?).await {
-            Ok(_) => Ok(true),
-            Err(error)
-                if matches!(
-                    error.kind.as_ref(),
-                    ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == DUPLICATE_KEY
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(error) => Err(unavailable(error)),
+    async fn append_all(&self, entries: &[ActivityEntry]) -> Result<u64, StoreError> {
+        let mut documents = Vec::with_capacity(entries.len());
+        for entry in entries {
+            entry.validate()?;
+            documents.push(stored(entry)?);
+        }
+        if documents.is_empty() {
+            return Ok(0);
+        }
+        let total = documents.len() as u64;
+        // Unordered: every entry not stored yet is inserted, whatever fails before it.
+        match self.entries.insert_many(documents).ordered(false).await {
+            Ok(_) => Ok(total),
+            Err(error) => match error.kind.as_ref() {
+                ErrorKind::InsertMany(many)
+                    if many.write_concern_error.is_none()
+                        && many.write_errors.iter().flatten().all(|w| w.code == DUPLICATE_KEY) =>
+                {
+                    let duplicates = many.write_errors.iter().flatten().count() as u64;
+                    Ok(total.saturating_sub(duplicates))
+                }
+                ErrorKind::Write(WriteFailure::WriteError(write))
+                    if write.code == DUPLICATE_KEY =>
+                {
+                    Ok(total - 1)
+                }
+                _ => Err(unavailable(error)),
+            },
         }
     }
 

@@ -58,11 +58,15 @@ fn unavailable(error: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
-    matches!(
-        error.kind.as_ref(),
-        ErrorKind::Write(WriteFailure::WriteError(write)) if write.code == DUPLICATE_KEY
-    )
+/// A duplicate key error, alone or among the write errors of an `insert_many`.
+pub(super) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(many) => {
+            many.write_errors.iter().flatten().any(|write| write.code == DUPLICATE_KEY)
+        }
+        _ => false,
+    }
 }
 
 fn seq_param(seq: u64) -> Result<i64, StoreError> {
@@ -112,36 +116,37 @@ impl MongoAuditLog {
         }
         Ok(records)
     }
-
-    async fn by_id(&self, id: &str) -> Result<Option<AuditRecord>, StoreError> {
-        match self.records.find_one(doc! { "id": id }).await.map_err(unavailable)? {
-            Some(stored) => Ok(Some(stored.into_record()?)),
-            None => Ok(None),
-        }
-    }
 }
 
 #[async_trait]
 impl AuditLog for MongoAuditLog {
-    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+    async fn append_all(
+        &self,
+        entries: Vec<NewAuditEntry>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let _queued = self.append_lock.lock().await;
-        let id = entry.id.to_string();
+        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
+        let wanted = u32::try_from(ids.len()).unwrap_or(u32::MAX);
         for attempt in 0..self.max_append_attempts {
-            // A retried append (same id) returns the record the first attempt wrote.
-            if let Some(existing) = self.by_id(&id).await? {
-                return Ok(existing);
-            }
+            // A retried append (same ids) returns the records the first attempt wrote; so
+            // does a retry after a race that inserted only the first links (ordered insert).
+            let stored = self.find(doc! { "id": { "$in": &ids } }, wanted).await?;
             let last = self.records.find_one(doc! {}).sort(doc! { "_id": -1 }).await;
             let head = match last.map_err(unavailable)? {
                 Some(stored) => ChainHead::of(&stored.into_record()?),
                 None => ChainHead::GENESIS,
             };
-            let record = head.next(entry.clone());
-            match self.records.insert_one(StoredRecord::from_record(&record)?).await {
-                Ok(_) => return Ok(record),
+            let (all, new) = head.link_all(entries.clone(), stored);
+            if new.is_empty() {
+                return Ok(all);
+            }
+            let documents =
+                new.iter().map(StoredRecord::from_record).collect::<Result<Vec<_>, _>>()?;
+            match self.records.insert_many(documents).await {
+                Ok(_) => return Ok(all),
                 Err(error) if is_duplicate_key(&error) => {
-                    // Another process linked this seq first: back off, then retry on the
-                    // new head. Jitter keeps racing processes from colliding in step.
+                    // Another process linked one of these seqs first: back off, then retry
+                    // on the new head. Jitter keeps racing processes from colliding in step.
                     let ceiling_ms = 1_u64 << attempt.min(5);
                     let jitter_ms = rand::random::<u64>() % (ceiling_ms + 1);
                     tokio::time::sleep(Duration::from_millis(jitter_ms)).await;

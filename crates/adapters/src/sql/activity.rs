@@ -10,7 +10,10 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{SqlStore, map_err};
+use super::{SqlStore, map_err, placeholders};
+
+/// Entries per multi-row `INSERT`.
+const INSERT_CHUNK_ROWS: usize = 64;
 
 fn entry(row: &AnyRow) -> Result<ActivityEntry, StoreError> {
     let id: String = row.try_get("id").map_err(map_err)?;
@@ -28,22 +31,35 @@ fn entry(row: &AnyRow) -> Result<ActivityEntry, StoreError> {
 
 #[async_trait]
 impl ActivityLog for SqlStore {
-    async fn append(&self, entry: &ActivityEntry) -> Result<bool, StoreError> {
-        entry.validate()?;
-        let done = sqlx::query(
-            "INSERT INTO activity (id, payment_id, at_ms, action, summary, document) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(entry.id.to_string())
-        .bind(entry.payment_id.clone())
-        .bind(entry.at_ms)
-        .bind(entry.action.clone())
-        .bind(entry.summary.clone())
-        .bind(entry.document.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+    async fn append_all(&self, entries: &[ActivityEntry]) -> Result<u64, StoreError> {
+        const WIDTH: usize = 6;
+        for entry in entries {
+            entry.validate()?;
+        }
+        let mut tx = self.begin_write().await?;
+        let mut new = 0;
+        for chunk in entries.chunks(INSERT_CHUNK_ROWS) {
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
+            let sql = format!(
+                "INSERT INTO activity (id, payment_id, at_ms, action, summary, document) \
+                 VALUES {} ON CONFLICT (id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for entry in chunk {
+                query = query
+                    .bind(entry.id.to_string())
+                    .bind(entry.payment_id.clone())
+                    .bind(entry.at_ms)
+                    .bind(entry.action.clone())
+                    .bind(entry.summary.clone())
+                    .bind(entry.document.to_string());
+            }
+            new += query.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(new)
     }
 
     async fn query(&self, query: &ActivityQuery) -> Result<ActivityPage, StoreError> {

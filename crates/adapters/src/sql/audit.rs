@@ -9,7 +9,8 @@ use ferrobank_domain::audit::{AuditRecord, ChainHead, NewAuditEntry, parse_hash}
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, SqlStore, map_err};
+use super::ledger::in_lists;
+use super::{Backend, SqlStore, map_err, placeholders};
 use crate::audit::{StoredRecord, page_limit};
 
 /// The advisory lock key of the audit stream on PostgreSQL.
@@ -46,9 +47,15 @@ fn seq_param(seq: u64) -> Result<i64, StoreError> {
 /// timeout under many writers). Each attempt is a whole transaction, rolled back on failure.
 const MAX_APPEND_ATTEMPTS: u32 = 5;
 
+/// Records per multi-row `INSERT` (11 parameters each).
+const INSERT_CHUNK_ROWS: usize = 64;
+
 impl SqlStore {
-    /// One append in one write transaction holding the stream's lock.
-    async fn append_once(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+    /// One batch of appends in one write transaction holding the stream's lock.
+    async fn append_all_once(
+        &self,
+        entries: Vec<NewAuditEntry>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -58,13 +65,15 @@ impl SqlStore {
                 .map_err(map_err)?;
         }
         // A retried append (same id) returns the record the first attempt wrote.
-        let existing = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_records WHERE id = $1"))
-            .bind(entry.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        if let Some(row) = existing {
-            return stored(&row)?.into_record();
+        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
+        let mut stored_records = Vec::new();
+        for (list, values) in in_lists(&ids) {
+            let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE id IN ({list})");
+            let mut query = sqlx::query(&sql);
+            for value in values {
+                query = query.bind(value);
+            }
+            stored_records.extend(records(&query.fetch_all(&mut *tx).await.map_err(map_err)?)?);
         }
         let head = sqlx::query("SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -83,37 +92,44 @@ impl SqlStore {
                 }
             }
         };
-        let record = head.next(entry);
-        let row = StoredRecord::from_record(&record)?;
-        sqlx::query(&format!(
-            "INSERT INTO audit_records ({COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(row.seq)
-        .bind(row.id)
-        .bind(row.at_ms)
-        .bind(row.actor_kind)
-        .bind(row.actor_id)
-        .bind(row.action)
-        .bind(row.resource)
-        .bind(row.outcome)
-        .bind(row.details)
-        .bind(row.prev_hash)
-        .bind(row.hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        let (all, new) = head.link_all(entries, stored_records);
+        const WIDTH: usize = 11;
+        for chunk in new.chunks(INSERT_CHUNK_ROWS) {
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
+            let sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES {}", values.join(", "));
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                let row = StoredRecord::from_record(record)?;
+                query = query
+                    .bind(row.seq)
+                    .bind(row.id)
+                    .bind(row.at_ms)
+                    .bind(row.actor_kind)
+                    .bind(row.actor_id)
+                    .bind(row.action)
+                    .bind(row.resource)
+                    .bind(row.outcome)
+                    .bind(row.details)
+                    .bind(row.prev_hash)
+                    .bind(row.hash);
+            }
+            query.execute(&mut *tx).await.map_err(map_err)?;
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(record)
+        Ok(all)
     }
 }
 
 #[async_trait]
 impl AuditLog for SqlStore {
-    async fn append(&self, entry: NewAuditEntry) -> Result<AuditRecord, StoreError> {
+    async fn append_all(
+        &self,
+        entries: Vec<NewAuditEntry>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut attempt = 1;
         loop {
-            match self.append_once(entry.clone()).await {
+            match self.append_all_once(entries.clone()).await {
                 Err(StoreError::Conflict(_)) if attempt < MAX_APPEND_ATTEMPTS => attempt += 1,
                 done => return done,
             }

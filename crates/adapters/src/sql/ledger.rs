@@ -8,23 +8,17 @@ use ferrobank_application::{
 use ferrobank_domain::{
     Account, AccountId, Balances, Book, LedgerTotals, Payment, PaymentId, Transfer, TransferId,
 };
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 use sqlx::{Any, Row};
 use uuid::Uuid;
 
 use super::rows::{self, ACCOUNT_COLUMNS, TRANSFER_COLUMNS, TRANSFER_INSERT_COLUMNS};
-use super::{Backend, SqlStore, map_err, payments, placeholders};
+use super::{AnyQuery, Backend, SqlStore, map_err, payments, placeholders, update_from_values};
 
 /// Ids per `IN (...)` query; lists are padded to a power of two so the driver's
 /// prepared-statement cache sees a handful of shapes, not one per list length.
 const MAX_IN_LIST: usize = 512;
 /// Rows per multi-row `INSERT`.
 const INSERT_CHUNK_ROWS: usize = 32;
-/// Accounts per multi-row balance `UPDATE` (a batch of N transfers changes up to 2N).
-const UPDATE_CHUNK_ROWS: usize = 64;
-
-type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
 /// A write transaction on the SQL store.
 struct SqlTx {
@@ -90,47 +84,19 @@ impl SqlTx {
         Ok(())
     }
 
-    /// Writes the balances of many accounts in one statement per chunk: one round trip
-    /// instead of one per account, which bounded a batch's commit time on PostgreSQL.
+    /// Writes the balances of many accounts, one statement per chunk.
     async fn update_balances(&mut self, accounts: &[&Account]) -> Result<(), StoreError> {
-        const WIDTH: usize = 5;
-        for chunk in accounts.chunks(UPDATE_CHUNK_ROWS) {
-            // Padded to a power of two, like `IN` lists, so the statement cache sees a
-            // handful of shapes; a padding row repeats the last account with the same
-            // balances, so the row it matches ends up the same either way.
-            let rows = chunk.len().next_power_of_two();
-            let values: Vec<String> =
-                (0..rows).map(|i| format!("({})", placeholders(i * WIDTH, WIDTH))).collect();
-            let sql = format!(
-                "WITH v (id, debits_pending, debits_posted, credits_pending, credits_posted) \
-                 AS (VALUES {}) \
-                 UPDATE accounts SET debits_pending = v.debits_pending, \
-                 debits_posted = v.debits_posted, credits_pending = v.credits_pending, \
-                 credits_posted = v.credits_posted FROM v WHERE accounts.id = v.id",
-                values.join(", ")
-            );
-            let Some(&last) = chunk.last() else { continue };
-            let padding = std::iter::repeat_n(last, rows - chunk.len());
-            let mut query = sqlx::query(&sql);
-            for a in chunk.iter().copied().chain(padding) {
-                query = query
-                    .bind(a.id.to_string())
-                    .bind(a.balances.debits_pending)
-                    .bind(a.balances.debits_posted)
-                    .bind(a.balances.credits_pending)
-                    .bind(a.balances.credits_posted);
-            }
-            let updated = query.execute(&mut *self.tx).await.map_err(map_err)?.rows_affected();
-            // Every account was read under lock in this transaction; a row not updated would
-            // commit a transfer without its balance change, so the batch rolls back instead.
-            if updated != chunk.len() as u64 {
-                return Err(StoreError::Corrupt(format!(
-                    "balance update touched {updated} of {} locked accounts",
-                    chunk.len()
-                )));
-            }
-        }
-        Ok(())
+        const COLUMNS: [&str; 4] =
+            ["debits_pending", "debits_posted", "credits_pending", "credits_posted"];
+        update_from_values(&mut self.tx, "accounts", "id", &COLUMNS, accounts, |query, a| {
+            query
+                .bind(a.id.to_string())
+                .bind(a.balances.debits_pending)
+                .bind(a.balances.debits_posted)
+                .bind(a.balances.credits_pending)
+                .bind(a.balances.credits_posted)
+        })
+        .await
     }
 }
 
@@ -218,15 +184,16 @@ impl LedgerTx for SqlTx {
         self.update_balances(&changed).await?;
         let created: Vec<&Transfer> = book.created_transfers().collect();
         self.insert_transfers(&created).await?;
-        for pending in book.resolved_pending() {
-            sqlx::query("UPDATE transfers SET pending_status = $1 WHERE id = $2")
-                .bind(pending.pending_status.map(|s| s.as_str()))
-                .bind(pending.id.to_string())
-                .execute(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-        }
-        Ok(())
+        let resolved: Vec<&Transfer> = book.resolved_pending().collect();
+        update_from_values(
+            &mut self.tx,
+            "transfers",
+            "id",
+            &["pending_status"],
+            &resolved,
+            |q, t| q.bind(t.id.to_string()).bind(t.pending_status.map(|s| s.as_str())),
+        )
+        .await
     }
 
     async fn append_outbox(&mut self, messages: &[OutboxMessage]) -> Result<(), StoreError> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferrobank_application::StoreError;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor};
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,3 +324,52 @@ fn map_err(error: sqlx::Error) -> StoreError {
 fn placeholders(offset: usize, count: usize) -> String {
     (offset + 1..=offset + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
+
+/// Rows per multi-row `UPDATE` (see [`update_from_values`]).
+const UPDATE_CHUNK_ROWS: usize = 64;
+
+/// Updates many rows of `table` in one statement per chunk of [`UPDATE_CHUNK_ROWS`]:
+/// `WITH v (key, columns...) AS (VALUES ...) UPDATE table SET c = v.c ... FROM v WHERE
+/// table.key = v.key` (PostgreSQL, and SQLite since 3.33). One round trip instead of one
+/// per row is what bounds a group commit's time. `bind` binds one row's `1 + columns.len()`
+/// values, key first. Chunks are padded to a power of two by repeating the last row (the
+/// row it matches ends up the same either way), so the statement cache sees a handful of
+/// shapes. Every row must exist: fewer rows updated than given is [`StoreError::Corrupt`]
+/// (the caller read them under lock in this transaction), and the transaction must roll back.
+async fn update_from_values<T>(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    table: &str,
+    key: &str,
+    columns: &[&str],
+    items: &[T],
+    bind: impl for<'q> Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    let width = 1 + columns.len();
+    let set: Vec<String> = columns.iter().map(|c| format!("{c} = v.{c}")).collect();
+    for chunk in items.chunks(UPDATE_CHUNK_ROWS) {
+        let Some(last) = chunk.last() else { continue };
+        let rows = chunk.len().next_power_of_two();
+        let values: Vec<String> =
+            (0..rows).map(|i| format!("({})", placeholders(i * width, width))).collect();
+        let sql = format!(
+            "WITH v ({key}, {}) AS (VALUES {}) UPDATE {table} SET {} FROM v WHERE {table}.{key} = v.{key}",
+            columns.join(", "),
+            values.join(", "),
+            set.join(", "),
+        );
+        let mut query = sqlx::query(&sql);
+        for item in chunk.iter().chain(std::iter::repeat_n(last, rows - chunk.len())) {
+            query = bind(query, item);
+        }
+        let updated = query.execute(&mut **tx).await.map_err(map_err)?.rows_affected();
+        if updated != chunk.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "{table}: an update touched {updated} of {} rows read under lock",
+                chunk.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;

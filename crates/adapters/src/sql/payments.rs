@@ -16,7 +16,7 @@ use sqlx::{Any, Row};
 use uuid::Uuid;
 
 use super::ledger::in_lists;
-use super::{Backend, SqlStore, map_err, placeholders};
+use super::{Backend, SqlStore, map_err, placeholders, update_from_values};
 
 const PAYMENT_COLUMNS: &str = "seq, id, owner, debtor_account, beneficiary, beneficiary_key, \
     amount, currency, reference, status, risk, hold_id, idempotency_key, failure_code, \
@@ -145,26 +145,17 @@ pub(super) async fn update_payments(
     tx: &mut sqlx::Transaction<'static, Any>,
     payments: &[&Payment],
 ) -> Result<(), StoreError> {
-    for p in payments {
-        let updated = sqlx::query(
-            "UPDATE payments SET status = $1, hold_id = $2, failure_code = $3, reviewer = $4, \
-             updated_at_ms = $5 WHERE id = $6",
-        )
-        .bind(p.status.as_str())
-        .bind(p.hold_id.map(|id| id.to_string()))
-        .bind(p.failure_code.clone())
-        .bind(p.reviewer.clone())
-        .bind(p.updated_at_ms)
-        .bind(p.id.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        if updated != 1 {
-            return Err(StoreError::Corrupt(format!("payment {} vanished under lock", p.id)));
-        }
-    }
-    Ok(())
+    const COLUMNS: [&str; 5] = ["status", "hold_id", "failure_code", "reviewer", "updated_at_ms"];
+    update_from_values(tx, "payments", "id", &COLUMNS, payments, |query, p| {
+        query
+            .bind(p.id.to_string())
+            .bind(p.status.as_str())
+            .bind(p.hold_id.map(|id| id.to_string()))
+            .bind(p.failure_code.clone())
+            .bind(p.reviewer.clone())
+            .bind(p.updated_at_ms)
+    })
+    .await
 }
 
 pub(super) async fn inbox_seen(
@@ -322,16 +313,6 @@ impl PaymentStore for SqlStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(|row| payment(row).map(|(_, p)| p)).collect()
-    }
-
-    async fn inbox_contains(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM inbox WHERE consumer = $1 AND event_id = $2")
-            .bind(consumer.to_owned())
-            .bind(event_id.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(row.is_some())
     }
 
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError> {

@@ -371,11 +371,6 @@ impl PaymentService {
         Ok(self.submit(command).await?.0)
     }
 
-    /// Whether `consumer` already processed `event_id`.
-    pub async fn seen(&self, consumer: &str, event_id: &str) -> Result<bool, PaymentsError> {
-        Ok(self.payments.inbox_contains(consumer, event_id).await?)
-    }
-
     async fn transition(
         &self,
         id: PaymentId,

@@ -72,9 +72,6 @@ pub trait PaymentStore: Send + Sync + std::fmt::Debug + 'static {
         updated_before_ms: i64,
         limit: u32,
     ) -> Result<Vec<Payment>, StoreError>;
-    /// Whether `consumer` already processed `event_id` (a read; the authoritative check is
-    /// repeated inside the transaction of the effect).
-    async fn inbox_contains(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
     /// Payments per status, for metrics.
     async fn count_by_status(&self) -> Result<Vec<(PaymentStatus, u64)>, StoreError>;
 }
