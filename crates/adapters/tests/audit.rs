@@ -234,16 +234,7 @@ async fn appends_link_into_a_chain_that_verifies(harness: Harness) {
     assert_eq!(verify_log(&*log).await.unwrap(), Ok(20));
     // A retried append (same id) gets the first record back and adds nothing.
     let first = appended[3].clone();
-    let retry = NewAuditEntry {
-        id: first.id,
-        at_ms: first.at_ms,
-        actor: first.actor.clone(),
-        action: first.action.clone(),
-        resource: first.resource.clone(),
-        outcome: first.outcome,
-        details: first.details.clone(),
-    };
-    assert_eq!(log.append(retry).await.unwrap(), first);
+    assert_eq!(log.append(retry_of(&first)).await.unwrap(), first);
     assert_eq!(verify_log(&*log).await.unwrap(), Ok(20));
 }
 

@@ -65,6 +65,7 @@ macro_rules! on_every_bus {
 on_every_bus!(
     round_trip_keeps_every_cloudevents_attribute,
     events_of_one_subject_arrive_in_publish_order,
+    a_published_batch_keeps_the_order_of_each_subject,
     a_retried_event_comes_back_with_the_next_attempt,
     a_poison_event_lands_in_the_dead_letter_queue,
     every_consumer_gets_every_event,
@@ -279,6 +280,39 @@ async fn events_of_one_subject_arrive_in_publish_order(backend: Backend) {
         assert_eq!(ns.len(), 20, "{subject}: {ns:?}");
         assert!(ns.is_sorted(), "{subject} out of order: {ns:?}");
     }
+}
+
+async fn a_published_batch_keeps_the_order_of_each_subject(backend: Backend) {
+    const EVENTS: usize = 600;
+    let h = Harness::new(backend).await;
+    let mut ledger = h.subscribe("ledger", &["transfer.created", "transfer.posted"]).await;
+    let subjects: Vec<String> = (0..7).map(|i| format!("acct-{i}")).collect();
+    let events: Vec<Event> = (0..EVENTS as u64)
+        .map(|n| {
+            let type_ = if n % 2 == 0 { "transfer.created" } else { "transfer.posted" };
+            event(type_, &subjects[(n * 5 % 7) as usize], n)
+        })
+        .collect();
+    // Two batches, as two relay rounds would publish them.
+    let (first, second) = events.split_at(250);
+    for batch in [first, second] {
+        let results = h.bus.publish_all(batch).await;
+        assert_eq!(results.len(), batch.len());
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    assert!(h.bus.publish_all(&[]).await.is_empty());
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for _ in 0..EVENTS {
+        let delivery = next(&mut ledger).await;
+        seen.entry(delivery.event().subject.clone()).or_default().push(n_of(delivery.event()));
+        delivery.ack().await.unwrap();
+    }
+    let total: usize = seen.values().map(Vec::len).sum();
+    assert_eq!(total, EVENTS);
+    for (subject, ns) in &seen {
+        assert!(ns.is_sorted(), "{subject} out of order: {ns:?}");
+    }
+    nothing_more(&mut ledger).await;
 }
 
 async fn a_retried_event_comes_back_with_the_next_attempt(backend: Backend) {

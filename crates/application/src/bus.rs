@@ -21,6 +21,7 @@
 //! Every backend answers the same way; `ferrobank-adapters/tests/bus.rs` is the conformance
 //! suite that holds them to it.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
@@ -338,6 +339,40 @@ pub trait EventBus: Send + Sync + Debug {
     /// publish again (consumers de-duplicate).
     async fn publish(&self, event: &Event) -> Result<(), BusError>;
 
+    /// Publishes `events` and answers one result per event, in the order given. Order per
+    /// subject holds: once an event of a subject fails, the subject's later events are not
+    /// published (their results say so), so a caller that publishes each subject's failed
+    /// rest again never delivers an event before an earlier one of its subject. This
+    /// default publishes a subject's events one after the other and subjects side by side;
+    /// a broker that takes many events per request overrides it.
+    async fn publish_all(&self, events: &[Event]) -> Vec<Result<(), BusError>> {
+        let mut by_subject: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, event) in events.iter().enumerate() {
+            by_subject.entry(event.subject.as_str()).or_default().push(i);
+        }
+        let chains = by_subject.into_values().map(|indices| async move {
+            let mut results = Vec::with_capacity(indices.len());
+            let mut failed = false;
+            for i in indices {
+                let result = match failed {
+                    true => Err(not_attempted()),
+                    false => self.publish(&events[i]).await,
+                };
+                failed |= result.is_err();
+                results.push((i, result));
+            }
+            results
+        });
+        let mut all: Vec<Result<(), BusError>> =
+            events.iter().map(|_| Err(not_attempted())).collect();
+        for chain in futures_util::future::join_all(chains).await {
+            for (i, result) in chain {
+                all[i] = result;
+            }
+        }
+        all
+    }
+
     /// Binds `consumer` to `types` (creating its queue on first use) and starts receiving
     /// its events.
     async fn subscribe(
@@ -506,6 +541,12 @@ pub enum BusError {
     /// The broker cannot be reached or did not answer in time.
     #[error("event bus unavailable: {0}")]
     Unavailable(String),
+}
+
+/// The result of an event [`EventBus::publish_all`] left out because an earlier event of
+/// its subject failed.
+pub fn not_attempted() -> BusError {
+    BusError::Unavailable("not published: an earlier event of its subject failed".into())
 }
 
 /// `unix_ms` as an RFC 3339 UTC timestamp with milliseconds (`1970-01-01T00:00:00.000Z`),

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::access;
 use crate::clock::Clock;
 use crate::outbox::OutboxMessage;
+use crate::payments::PAYMENT_TRANSFER_CODE;
 use crate::ports::{HistoryPage, LedgerStore, StoreError, VerifyReport};
 
 /// Bounds of the ledger service.
@@ -306,10 +307,16 @@ impl LedgerService {
         request: &NewTransfer,
     ) -> Result<Option<TransferError>, LedgerError> {
         let (debit, refusal) = match request.kind.pending_id() {
-            Some(pending) => (
-                self.store.transfer(pending).await?.map(|t| t.debit_account_id),
-                TransferError::PendingTransferNotFound,
-            ),
+            Some(pending) => match self.store.transfer(pending).await? {
+                // A payment's hold is posted or voided by the payments service alone: that
+                // post or void IS the payment's settlement. Resolved here, a customer could
+                // release the funds of a payment the gateway then pays out. So through the
+                // ledger API such a hold is as unknown as another customer's.
+                Some(held) if held.code == PAYMENT_TRANSFER_CODE => {
+                    return Ok(Some(TransferError::PendingTransferNotFound));
+                }
+                held => (held.map(|t| t.debit_account_id), TransferError::PendingTransferNotFound),
+            },
             // No debit account: the book refuses the request on its own.
             None if request.debit_account_id.is_none() => return Ok(None),
             None => (request.debit_account_id, TransferError::DebitAccountNotFound),

@@ -12,7 +12,7 @@
 //! The relay sleeps until a transaction that wrote the outbox commits (in-process signal,
 //! PostgreSQL `LISTEN`/`NOTIFY` across processes), with a slow poll as a safety net.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,27 +97,40 @@ impl OutboxRelay {
             claim.finish(&[], self.clock.now_ms()).await.map_err(|e| e.to_string())?;
             return Ok(0);
         }
-        // Per subject in order; subjects side by side. A subject stops at its first
-        // failure so that nothing of it is published out of order.
-        let mut by_subject: HashMap<&str, Vec<&OutboxRow>> = HashMap::new();
+        // Per subject in order: a subject stops at its first failure (an unreadable row
+        // or an event the bus did not confirm), so nothing of it is published out of order.
+        let mut blocked: HashSet<&str> = HashSet::new();
+        let mut failure = None;
+        let mut events = Vec::with_capacity(claim.rows().len());
+        let mut sent_rows = Vec::with_capacity(claim.rows().len());
         for row in claim.rows() {
-            by_subject.entry(row.subject.as_deref().unwrap_or("")).or_default().push(row);
-        }
-        let chains = by_subject.into_values().map(|rows| async move {
-            let mut sent = Vec::with_capacity(rows.len());
-            for row in rows {
-                match self.publish(row).await {
-                    Ok(()) => sent.push(row.seq),
-                    Err(error) => return (sent, Some(error)),
+            let subject = row.subject.as_deref().unwrap_or("");
+            if blocked.contains(subject) {
+                continue;
+            }
+            match event_of(row) {
+                Ok(event) => {
+                    events.push(event);
+                    sent_rows.push((row.seq, subject));
+                }
+                Err(error) => {
+                    blocked.insert(subject);
+                    failure = failure.or(Some(error));
                 }
             }
-            (sent, None)
-        });
-        let mut published = Vec::new();
-        let mut failure = None;
-        for (sent, error) in futures_util::future::join_all(chains).await {
-            published.extend(sent);
-            failure = failure.or(error);
+        }
+        let mut published = Vec::with_capacity(events.len());
+        for ((seq, subject), result) in
+            sent_rows.into_iter().zip(self.bus.publish_all(&events).await)
+        {
+            match result {
+                Ok(()) if !blocked.contains(subject) => published.push(seq),
+                Ok(()) => {}
+                Err(error) => {
+                    blocked.insert(subject);
+                    failure = failure.or(Some(error.to_string()));
+                }
+            }
         }
         let now_ms = self.clock.now_ms();
         let count = published.len();
@@ -127,11 +140,6 @@ impl OutboxRelay {
             Some(error) => Err(format!("publishing: {error} ({count} published)")),
             None => Ok(count),
         }
-    }
-
-    async fn publish(&self, row: &OutboxRow) -> Result<(), String> {
-        let event = event_of(row)?;
-        self.bus.publish(&event).await.map_err(|e| e.to_string())
     }
 }
 

@@ -346,6 +346,18 @@ async fn a_pending_payment_can_be_cancelled_once_and_only_by_its_owner(backend: 
     app.post_as_with_key(&mallory, "/api/payments", "m1", &external(account, 1))
         .await
         .expect_problem(404, "not_found");
+    // The owner cannot release the hold behind the payment's back through the ledger API:
+    // the payments service alone posts or voids it.
+    let hold = payment["hold_id"].as_str().unwrap().to_owned();
+    for action in ["void", "post"] {
+        app.post_as(
+            &alice,
+            &format!("/api/transfers/{hold}/{action}"),
+            &json!({ "id": Uuid::now_v7() }),
+        )
+        .await
+        .expect_problem(404, "not_found");
+    }
 
     let cancelled =
         app.post_as(&alice, &format!("/api/payments/{id}/cancel"), &json!({})).await.expect(200);

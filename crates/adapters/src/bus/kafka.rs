@@ -60,7 +60,7 @@ use async_trait::async_trait;
 use ferrobank_application::bus::{
     BusError, CLOUDEVENTS_JSON, DEFAULT_PREFETCH, DeadLetter, DeadLetterReason, Delivery, Event,
     EventBus, MAX_DEAD_LETTERS_READ, MAX_PREFETCH, Outcome, RetryPolicy, Settle, Subscription,
-    validate_consumer, validate_subscription,
+    not_attempted, validate_consumer, validate_subscription,
 };
 use rskafka::BackoffConfig;
 use rskafka::chrono::{DateTime, Utc};
@@ -86,6 +86,11 @@ pub const DUE_HEADER: &str = "x-ferrobank-due-ms";
 pub const REASON_HEADER: &str = "x-ferrobank-dead-letter-reason";
 /// Longest prefix, in bytes: topic names stay well within Kafka's 249.
 const MAX_PREFIX_BYTES: usize = 64;
+/// Most records of one produce request of `publish_all`.
+const MAX_PRODUCE_RECORDS: usize = 256;
+/// Most event bytes of one produce request of `publish_all` (a chunk may exceed it by one
+/// event): under a broker's default 1 MiB `message.max.bytes` with room for the framing.
+const MAX_PRODUCE_BYTES: usize = 512 * 1024;
 /// Most partitions of the events and retry topics this bus creates.
 const MAX_PARTITIONS: u16 = 256;
 /// Most bytes one fetch of one partition asks for (room for many of the largest events).
@@ -244,6 +249,29 @@ fn murmur2(data: &[u8]) -> u32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h
+}
+
+/// `records` in order, cut into produce requests of at most [`MAX_PRODUCE_RECORDS`] and
+/// about [`MAX_PRODUCE_BYTES`].
+fn produce_chunks(records: Vec<(usize, Record)>) -> Vec<Vec<(usize, Record)>> {
+    let mut chunks: Vec<Vec<(usize, Record)>> = Vec::new();
+    let mut bytes = 0;
+    for (i, record) in records {
+        let size = record.value.as_ref().map_or(0, Vec::len);
+        match chunks.last_mut() {
+            Some(chunk)
+                if chunk.len() < MAX_PRODUCE_RECORDS && bytes + size <= MAX_PRODUCE_BYTES =>
+            {
+                bytes += size;
+                chunk.push((i, record));
+            }
+            _ => {
+                bytes = size;
+                chunks.push(vec![(i, record)]);
+            }
+        }
+    }
+    chunks
 }
 
 /// The partition of `key` among `partitions` (Kafka's default partitioner).
@@ -436,6 +464,22 @@ impl KafkaBus {
     }
 
     /// Produces one record and waits for `acks=all`; returns its offset.
+    /// The record of `event` on the events topic, and its partition (by subject).
+    fn record_of(&self, event: &Event) -> Result<(i32, Record), BusError> {
+        let body = event.to_json_bytes()?;
+        let headers = BTreeMap::from([
+            ("content-type".to_owned(), CLOUDEVENTS_JSON.as_bytes().to_vec()),
+            (TYPE_HEADER.to_owned(), event.type_.as_bytes().to_vec()),
+        ]);
+        let record = Record {
+            key: Some(event.subject.as_bytes().to_vec()),
+            value: Some(body),
+            headers,
+            timestamp: timestamp(now_ms()),
+        };
+        Ok((partition_of(&event.subject, self.shared.events_partitions), record))
+    }
+
     async fn produce(&self, topic: &str, partition: i32, record: Record) -> Result<i64, BusError> {
         let client = self.partition(topic, partition).await?;
         let offsets =
@@ -536,21 +580,74 @@ async fn ensure_topic(
 #[async_trait]
 impl EventBus for KafkaBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let body = event.to_json_bytes()?;
-        let headers = BTreeMap::from([
-            ("content-type".to_owned(), CLOUDEVENTS_JSON.as_bytes().to_vec()),
-            (TYPE_HEADER.to_owned(), event.type_.as_bytes().to_vec()),
-        ]);
-        let record = Record {
-            key: Some(event.subject.as_bytes().to_vec()),
-            value: Some(body),
-            headers,
-            timestamp: timestamp(now_ms()),
-        };
-        let partition = partition_of(&event.subject, self.shared.events_partitions);
+        let (partition, record) = self.record_of(event)?;
         self.produce(&self.shared.events_topic, partition, record).await?;
         METRICS.published(&event.type_);
         Ok(())
+    }
+
+    /// One produce request per partition and chunk of [`MAX_PRODUCE_RECORDS`], partitions
+    /// side by side: a subject's events share its partition and keep their order in it. A
+    /// failed chunk fails the partition's later chunks unsent (their subjects may be in
+    /// it), and an event that cannot be encoded fails its subject's later events.
+    async fn publish_all(&self, events: &[Event]) -> Vec<Result<(), BusError>> {
+        let mut results: Vec<Result<(), BusError>> =
+            events.iter().map(|_| Err(not_attempted())).collect();
+        let mut broken: BTreeSet<&str> = BTreeSet::new();
+        let mut by_partition: BTreeMap<i32, Vec<(usize, Record)>> = BTreeMap::new();
+        for (i, event) in events.iter().enumerate() {
+            if broken.contains(event.subject.as_str()) {
+                continue;
+            }
+            match self.record_of(event) {
+                Ok((partition, record)) => {
+                    by_partition.entry(partition).or_default().push((i, record))
+                }
+                Err(error) => {
+                    broken.insert(event.subject.as_str());
+                    results[i] = Err(error);
+                }
+            }
+        }
+        let produced = by_partition.into_iter().map(|(partition, records)| async move {
+            let mut outcomes = Vec::with_capacity(records.len());
+            for chunk in produce_chunks(records) {
+                let (indices, chunk): (Vec<usize>, Vec<Record>) = chunk.into_iter().unzip();
+                let client = self.partition(&self.shared.events_topic, partition).await;
+                let sent = match client {
+                    Ok(client) => self
+                        .timed("produce", client.produce(chunk, Compression::NoCompression))
+                        .await
+                        .map(|_| ()),
+                    Err(error) => Err(error),
+                };
+                let failed = sent.is_err();
+                match sent {
+                    Ok(()) => outcomes.extend(indices.into_iter().map(|i| (i, Ok(())))),
+                    Err(error) => {
+                        let reason = error.to_string();
+                        outcomes.extend(
+                            indices
+                                .into_iter()
+                                .map(|i| (i, Err(BusError::Unavailable(reason.clone())))),
+                        );
+                    }
+                }
+                if failed {
+                    break; // the rest stays `not_attempted`
+                }
+            }
+            outcomes
+        });
+        for outcomes in futures_util::future::join_all(produced).await {
+            for (i, outcome) in outcomes {
+                if outcome.is_ok() {
+                    METRICS.published(&events[i].type_);
+                }
+                results[i] = outcome;
+            }
+        }
+        results
     }
 
     async fn subscribe(
