@@ -33,6 +33,36 @@ async fn main() {
     let mut subscription = bus.subscribe("rate", &[TYPE]).await.expect("subscribe");
 
     let pad = "x".repeat(600);
+    let batched = args.next().as_deref() == Some("batch");
+    if batched {
+        // As the outbox relay publishes: rounds of up to 500 events through `publish_all`.
+        let all: Vec<Event> = (0..events)
+            .map(|n| {
+                Event::new(
+                    Uuid::now_v7(),
+                    "/ferrobank/bench",
+                    TYPE,
+                    format!("acct-{}", n % SUBJECTS),
+                    "2025-01-31T12:00:00.000Z",
+                    json!({ "n": n, "pad": pad }),
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        for round in all.chunks(500) {
+            let results = bus.publish_all(round).await;
+            assert!(results.iter().all(Result::is_ok), "a publish failed");
+        }
+        let publish_ms = started.elapsed().as_millis().max(1);
+        println!(
+            "published {events} events in rounds of 500 in {publish_ms} ms: {} msg/s",
+            events as u128 * 1_000 / publish_ms
+        );
+        drop(subscription);
+        bus.delete_consumer("rate").await.expect("delete the consumer's topics");
+        bus.teardown().await.expect("delete the events topic");
+        return;
+    }
     let started = Instant::now();
     let mut publishers = tokio::task::JoinSet::new();
     for p in 0..PUBLISHERS {

@@ -167,9 +167,14 @@ struct Shared {
     brokers: Vec<String>,
     options: KafkaBusOptions,
     client: Client,
+    /// A connection of its own for publishing: a broker answers one connection's requests
+    /// in order, so a produce behind the consumers' long-polling fetches would wait out
+    /// their `fetch_wait_ms` (Kafka's producer and consumer are separate clients too).
+    producer: Client,
     events_topic: String,
     events_partitions: i32,
     partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+    producer_partitions: Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
     /// Per consumer, the types it is bound to; shared by its subscriptions.
     bindings: Mutex<BTreeMap<String, Arc<Mutex<BTreeSet<String>>>>>,
     /// Consumers whose topics this bus created (what [`KafkaBus::teardown`] deletes).
@@ -343,16 +348,19 @@ impl KafkaBus {
         let connect_timeout = Duration::from_millis(options.connect_timeout_ms);
         let events_topic = format!("{prefix}.events");
         let connecting = async {
-            let client = ClientBuilder::new(brokers.clone())
-                .client_id(CLIENT_ID)
-                .max_message_size(MAX_RESPONSE_BYTES)
-                .backoff_config(BackoffConfig {
-                    deadline: Some(operation),
-                    ..BackoffConfig::default()
-                })
-                .build()
-                .await
-                .map_err(|e| broker(&format!("connecting to {}", brokers.join(",")), e))?;
+            let build = || {
+                ClientBuilder::new(brokers.clone())
+                    .client_id(CLIENT_ID)
+                    .max_message_size(MAX_RESPONSE_BYTES)
+                    .backoff_config(BackoffConfig {
+                        deadline: Some(operation),
+                        ..BackoffConfig::default()
+                    })
+                    .build()
+            };
+            let connect_error = |e| broker(&format!("connecting to {}", brokers.join(",")), e);
+            let client = build().await.map_err(connect_error)?;
+            let producer = build().await.map_err(connect_error)?;
             let events_partitions = ensure_topic(
                 &client,
                 &events_topic,
@@ -361,9 +369,9 @@ impl KafkaBus {
                 operation,
             )
             .await?;
-            Ok::<_, BusError>((client, events_partitions))
+            Ok::<_, BusError>((client, producer, events_partitions))
         };
-        let (client, events_partitions) =
+        let (client, producer, events_partitions) =
             tokio::time::timeout(connect_timeout, connecting).await.unwrap_or_else(|_| {
                 Err(BusError::Unavailable(format!(
                     "connecting to {}: no answer within {connect_timeout:?}",
@@ -375,9 +383,11 @@ impl KafkaBus {
                 brokers,
                 options,
                 client,
+                producer,
                 events_topic,
                 events_partitions,
                 partitions: Mutex::default(),
+                producer_partitions: Mutex::default(),
                 bindings: Mutex::default(),
                 declared: Mutex::default(),
             }),
@@ -416,6 +426,7 @@ impl KafkaBus {
 
     async fn delete_topic(&self, topic: &str) -> Result<(), BusError> {
         lock(&self.shared.partitions).retain(|(t, _), _| t != topic);
+        lock(&self.shared.producer_partitions).retain(|(t, _), _| t != topic);
         let controller =
             self.shared.client.controller_client().map_err(|e| broker("controller", e))?;
         let timeout_ms =
@@ -448,22 +459,41 @@ impl KafkaBus {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<PartitionClient>, BusError> {
+        self.partition_on(&self.shared.client, &self.shared.partitions, topic, partition).await
+    }
+
+    /// A partition's client on the publishing connection.
+    async fn producer_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, BusError> {
+        let cache = &self.shared.producer_partitions;
+        self.partition_on(&self.shared.producer, cache, topic, partition).await
+    }
+
+    async fn partition_on(
+        &self,
+        client: &Client,
+        cache: &Mutex<HashMap<(String, i32), Arc<PartitionClient>>>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<PartitionClient>, BusError> {
         let key = (topic.to_owned(), partition);
-        if let Some(client) = lock(&self.shared.partitions).get(&key) {
+        if let Some(client) = lock(cache).get(&key) {
             return Ok(client.clone());
         }
         let client = Arc::new(
             self.timed(
                 "metadata",
-                self.shared.client.partition_client(topic, partition, UnknownTopicHandling::Retry),
+                client.partition_client(topic, partition, UnknownTopicHandling::Retry),
             )
             .await?,
         );
-        lock(&self.shared.partitions).insert(key, client.clone());
+        lock(cache).insert(key, client.clone());
         Ok(client)
     }
 
-    /// Produces one record and waits for `acks=all`; returns its offset.
     /// The record of `event` on the events topic, and its partition (by subject).
     fn record_of(&self, event: &Event) -> Result<(i32, Record), BusError> {
         let body = event.to_json_bytes()?;
@@ -480,8 +510,9 @@ impl KafkaBus {
         Ok((partition_of(&event.subject, self.shared.events_partitions), record))
     }
 
+    /// Produces one record and waits for `acks=all`; returns its offset.
     async fn produce(&self, topic: &str, partition: i32, record: Record) -> Result<i64, BusError> {
-        let client = self.partition(topic, partition).await?;
+        let client = self.producer_partition(topic, partition).await?;
         let offsets =
             self.timed("produce", client.produce(vec![record], Compression::NoCompression)).await?;
         offsets.first().copied().ok_or_else(|| broker("produce", "no offset in the answer"))
@@ -613,7 +644,7 @@ impl EventBus for KafkaBus {
             let mut outcomes = Vec::with_capacity(records.len());
             for chunk in produce_chunks(records) {
                 let (indices, chunk): (Vec<usize>, Vec<Record>) = chunk.into_iter().unzip();
-                let client = self.partition(&self.shared.events_topic, partition).await;
+                let client = self.producer_partition(&self.shared.events_topic, partition).await;
                 let sent = match client {
                     Ok(client) => self
                         .timed("produce", client.produce(chunk, Compression::NoCompression))
