@@ -119,4 +119,16 @@ async fn published_rows_are_purged_and_unpublished_kept() {
     assert_eq!(store.outbox_backlog().await.unwrap(), 6);
     assert_eq!(store.purge_outbox(2).await.unwrap(), 4);
     assert_eq!(store.outbox_backlog().await.unwrap(), 6);
+
+    // Inbox rows go by age alone; a purged event id may be recorded again.
+    let mut tx = store.begin().await.unwrap();
+    tx.record_inbox("worker", &["old".into()], 10).await.unwrap();
+    tx.record_inbox("worker", &["new".into()], 30).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.purge_inbox(20).await.unwrap(), 1);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(tx.inbox_seen("worker", &["old".into(), "new".into()]).await.unwrap(), ["new"]);
+    tx.record_inbox("worker", &["old".into()], 40).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.purge_inbox(20).await.unwrap(), 0);
 }

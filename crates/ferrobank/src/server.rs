@@ -321,6 +321,9 @@ pub async fn start_roles(
             if let Err(error) = outbox.purge_outbox(published_before_ms).await {
                 tracing::warn!(%error, "purging published outbox rows failed");
             }
+            if let Err(error) = outbox.purge_inbox(published_before_ms).await {
+                tracing::warn!(%error, "purging old inbox rows failed");
+            }
         }
     });
     Ok(Running {

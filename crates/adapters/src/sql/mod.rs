@@ -105,6 +105,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "email_deliveries",
         sql: include_str!("../../migrations/sqlite/0007_email_deliveries.sql"),
     },
+    Migration {
+        version: 8,
+        name: "inbox_purge",
+        sql: include_str!("../../migrations/sqlite/0008_inbox_purge.sql"),
+    },
 ];
 
 const POSTGRES_MIGRATIONS: &[Migration] = &[
@@ -143,10 +148,15 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         name: "email_deliveries",
         sql: include_str!("../../migrations/postgres/0007_email_deliveries.sql"),
     },
+    Migration {
+        version: 8,
+        name: "inbox_purge",
+        sql: include_str!("../../migrations/postgres/0008_inbox_purge.sql"),
+    },
 ];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The ledger and idempotency stores over one connection pool.
 #[derive(Debug, Clone)]

@@ -429,6 +429,15 @@ impl OutboxStore for SqlStore {
         Ok(n.unsigned_abs())
     }
 
+    async fn purge_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM inbox WHERE processed_at_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
     async fn purge_outbox(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "DELETE FROM outbox WHERE published_at_ms IS NOT NULL AND published_at_ms < $1",

@@ -89,6 +89,10 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug + 'static {
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
     /// Deletes rows published before `before_ms`; returns how many.
     async fn purge_outbox(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes consumers' inbox rows processed before `before_ms`; returns how many. Past
+    /// the outbox's retention no event is published again, and a payment's final status
+    /// answers any copy the broker might still hold.
+    async fn purge_inbox(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Rows claimed by one relay, in `seq` order.
