@@ -249,22 +249,20 @@ impl LedgerService {
     /// A transfer whose debit account (or, for a post or void, whose hold's debit account)
     /// the caller may not debit is refused exactly as if that account or hold did not
     /// exist, before anything is enqueued; a refused transfer fails its whole linked chain,
-    /// as any refusal inside the book would.
+    /// as any refusal inside the book would. For every caller, the payments' transfer code
+    /// is refused (`reserved_code`) and a payment's hold cannot be posted or voided.
     pub async fn create_transfers_as(
         &self,
         caller: Option<&Principal>,
         requests: Vec<NewTransfer>,
     ) -> Result<TransferResults, LedgerError> {
-        let Some(principal) = caller else {
-            return self.create_transfers(requests).await;
-        };
         let max = self.limits.max_request_transfers;
         if requests.len() > max {
             return Err(LedgerError::TooManyTransfers { max });
         }
         let mut refusals = Vec::with_capacity(requests.len());
         for request in &requests {
-            refusals.push(self.debit_refusal(principal, request).await?);
+            refusals.push(self.refusal(caller, request).await?);
         }
         if refusals.iter().all(Option::is_none) {
             return self.create_transfers(requests).await;
@@ -296,27 +294,40 @@ impl LedgerService {
             .collect())
     }
 
-    /// Why `principal` may not make `request`, as the error a missing account or hold gives.
+    /// Why `caller` may not make `request`: the payments' transfer code, a payment's hold,
+    /// or (with a caller) an account or hold it may not debit, refused as the error a
+    /// missing account or hold gives.
     ///
     /// Checked before the writer commits, outside its transaction: this is not a race,
     /// because an account's owner never changes after it is opened and a transfer's debit
-    /// account never changes either, so what is read here is what the writer will lock.
-    async fn debit_refusal(
+    /// account and code never change either, so what is read here is what the writer will
+    /// lock.
+    async fn refusal(
         &self,
-        principal: &Principal,
+        caller: Option<&Principal>,
         request: &NewTransfer,
     ) -> Result<Option<TransferError>, LedgerError> {
-        let (debit, refusal) = match request.kind.pending_id() {
+        // The payments service alone makes transfers with its code: a payment's hold, and
+        // the post or void that IS the payment's settlement. Voided here, a customer could
+        // release the funds of a payment the gateway then pays out. So through the ledger
+        // API the code is refused and such a hold is as unknown as another customer's.
+        let held = match request.kind.pending_id() {
             Some(pending) => match self.store.transfer(pending).await? {
-                // A payment's hold is posted or voided by the payments service alone: that
-                // post or void IS the payment's settlement. Resolved here, a customer could
-                // release the funds of a payment the gateway then pays out. So through the
-                // ledger API such a hold is as unknown as another customer's.
                 Some(held) if held.code == PAYMENT_TRANSFER_CODE => {
                     return Ok(Some(TransferError::PendingTransferNotFound));
                 }
-                held => (held.map(|t| t.debit_account_id), TransferError::PendingTransferNotFound),
+                held => Some(held),
             },
+            None => None,
+        };
+        if request.code == PAYMENT_TRANSFER_CODE {
+            return Ok(Some(TransferError::ReservedCode));
+        }
+        let Some(principal) = caller else { return Ok(None) };
+        let (debit, refusal) = match held {
+            Some(held) => {
+                (held.map(|t| t.debit_account_id), TransferError::PendingTransferNotFound)
+            }
             // No debit account: the book refuses the request on its own.
             None if request.debit_account_id.is_none() => return Ok(None),
             None => (request.debit_account_id, TransferError::DebitAccountNotFound),

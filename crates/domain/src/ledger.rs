@@ -380,6 +380,10 @@ pub enum TransferError {
     /// The last transfer of a request is marked `linked`.
     #[error("the last transfer of a request must not be linked")]
     LinkedEventChainOpen,
+    /// The transfer code is reserved for transfers the platform makes itself (a payment's
+    /// hold, post and void).
+    #[error("this transfer code is reserved for payments")]
+    ReservedCode,
 }
 
 impl TransferError {
@@ -408,6 +412,7 @@ impl TransferError {
             Self::ExistsWithDifferentFields => "exists_with_different_fields",
             Self::LinkedEventFailed => "linked_event_failed",
             Self::LinkedEventChainOpen => "linked_event_chain_open",
+            Self::ReservedCode => "reserved_code",
         }
     }
 }

@@ -622,6 +622,13 @@ async fn bad_input_is_a_problem_and_changes_nothing(backend: Backend) {
             422,
             "invalid_body",
         ),
+        bad(
+            "the payments' transfer code",
+            "/api/transfers",
+            transfer(r#","amount":1,"code":20"#),
+            422,
+            "reserved_code",
+        ),
         bad("negative amount", "/api/transfers", transfer(r#","amount":-5"#), 422, "invalid_body"),
         bad("zero amount", "/api/transfers", transfer(r#","amount":0"#), 422, "invalid_body"),
         bad(
