@@ -36,18 +36,7 @@ async fn main() {
     let batched = args.next().as_deref() == Some("batch");
     if batched {
         // As the outbox relay publishes: rounds of up to 500 events through `publish_all`.
-        let all: Vec<Event> = (0..events)
-            .map(|n| {
-                Event::new(
-                    Uuid::now_v7(),
-                    "/ferrobank/bench",
-                    TYPE,
-                    format!("acct-{}", n % SUBJECTS),
-                    "2025-01-31T12:00:00.000Z",
-                    json!({ "n": n, "pad": pad }),
-                )
-            })
-            .collect();
+        let all: Vec<Event> = (0..events).map(|n| event(n, &pad)).collect();
         let started = Instant::now();
         for round in all.chunks(500) {
             let results = bus.publish_all(round).await;
@@ -70,14 +59,7 @@ async fn main() {
         publishers.spawn(async move {
             let mut ids = Vec::new();
             for n in (p..events).step_by(PUBLISHERS) {
-                let event = Event::new(
-                    Uuid::now_v7(),
-                    "/ferrobank/bench",
-                    TYPE,
-                    format!("acct-{}", n % SUBJECTS),
-                    "2025-01-31T12:00:00.000Z",
-                    json!({ "n": n, "pad": pad }),
-                );
+                let event = event(n, &pad);
                 bus.publish(&event).await.expect("publish");
                 ids.push(event.id);
             }
@@ -110,4 +92,16 @@ async fn main() {
     drop(subscription);
     bus.delete_consumer("rate").await.expect("delete the consumer's topics");
     bus.teardown().await.expect("delete the events topic");
+}
+
+/// Event `n` of the run: about 1 KiB, one of [`SUBJECTS`] subjects.
+fn event(n: usize, pad: &str) -> Event {
+    Event::new(
+        Uuid::now_v7(),
+        "/ferrobank/bench",
+        TYPE,
+        format!("acct-{}", n % SUBJECTS),
+        "2025-01-31T12:00:00.000Z",
+        json!({ "n": n, "pad": pad }),
+    )
 }

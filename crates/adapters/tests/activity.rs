@@ -321,10 +321,13 @@ async fn the_running_consumer_records_every_event_type(harness: Harness) {
     );
     bus.publish(&broken).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let everything = ActivityQuery { limit: 100, ..ActivityQuery::default() };
     loop {
         let dead = bus.dead_letters(AUDIT_CONSUMER, 10).await.unwrap();
         let records = log.read(1, 100).await.unwrap();
-        if records.len() >= published.len() && !dead.is_empty() {
+        // A batch's activity entries are appended after its audit records: wait for both.
+        let activity = activity_log.query(&everything).await.unwrap().entries.len();
+        if records.len() >= published.len() && activity >= 7 && !dead.is_empty() {
             assert_eq!(dead.len(), 1);
             assert_eq!(dead[0].event.as_ref().map(|e| e.id.clone()), Some(broken.id.clone()));
             break;
@@ -341,9 +344,6 @@ async fn the_running_consumer_records_every_event_type(harness: Harness) {
     assert_eq!(resources[0], "account:a-0");
     assert_eq!(resources[1], "transfer:t-1");
     assert_eq!(resources[4], "payment:p-4");
-    let activity = activity_log
-        .query(&ActivityQuery { limit: 100, ..ActivityQuery::default() })
-        .await
-        .unwrap();
+    let activity = activity_log.query(&everything).await.unwrap();
     assert_eq!(activity.entries.len(), 7, "one entry per payment event, none for the ledger");
 }

@@ -75,12 +75,20 @@ impl AuditConsumer {
 
     /// Records one event (idempotent on its id).
     pub async fn handle(&self, event: &Event) -> Result<(), ConsumeError> {
-        let entry = audit_entry(event)?;
-        let activity = match &self.activity {
-            Some(_) => activity_entry(event)?,
-            None => None,
-        };
+        let (entry, activity) = self.entries_of(event)?;
         Ok(self.record(vec![entry], activity.into_iter().collect()).await?)
+    }
+
+    /// The audit record of `event` and, when an activity log is kept, its activity entry.
+    fn entries_of(
+        &self,
+        event: &Event,
+    ) -> Result<(NewAuditEntry, Option<ActivityEntry>), ConsumeError> {
+        let entry = audit_entry(event)?;
+        match &self.activity {
+            Some(_) => Ok((entry, activity_entry(event)?)),
+            None => Ok((entry, None)),
+        }
     }
 
     /// Appends the records of a batch in one append, then their activity entries in one.
@@ -105,20 +113,16 @@ impl AuditConsumer {
     }
 
     /// Settles a batch of deliveries: the readable ones are recorded together (one append
-    /// to the chain, one to the activity log) and acked after both, or all retried when the
-    /// store failed; an unreadable event is rejected on its own.
+    /// to the chain, one to the activity log) and acked after both; when the store refused
+    /// the batch, each is recorded alone and acked or retried on its own outcome; an
+    /// unreadable event is rejected.
     pub async fn settle_all(&self, deliveries: Vec<Delivery>) -> Result<(), BusError> {
         let mut readable = Vec::with_capacity(deliveries.len());
         let mut entries = Vec::with_capacity(deliveries.len());
         let mut activities = Vec::new();
         let mut first_error = None;
         for delivery in deliveries {
-            let event = delivery.event();
-            let parsed = audit_entry(event).and_then(|entry| match &self.activity {
-                Some(_) => Ok((entry, activity_entry(event)?)),
-                None => Ok((entry, None)),
-            });
-            match parsed {
+            match self.entries_of(delivery.event()) {
                 Ok((entry, activity)) => {
                     entries.push(entry);
                     activities.extend(activity);
@@ -139,7 +143,7 @@ impl AuditConsumer {
             // refuses does not hold back (or dead-letter) the others.
             let outcome = match alone {
                 true => self.handle(delivery.event()).await,
-                false => recorded.as_ref().map(|_| ()).map_err(|e| ConsumeError::Store(e.clone())),
+                false => recorded.clone().map_err(ConsumeError::Store),
             };
             if let Err(error) = finish(delivery, outcome).await {
                 first_error.get_or_insert(error);
