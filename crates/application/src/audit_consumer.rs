@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ferrobank_domain::Currency;
 use ferrobank_domain::audit::{AuditAction, AuditActor, AuditOutcome, NewAuditEntry};
-use futures_util::FutureExt;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -163,26 +162,13 @@ impl AuditConsumer {
                 Ok(mut subscription) => {
                     backoff_ms = 100;
                     loop {
-                        let first = match subscription.next().await {
-                            Ok(delivery) => delivery,
+                        let (batch, ended) = match subscription.next_batch(MAX_AUDIT_BATCH).await {
+                            Ok(taken) => taken,
                             Err(error) => {
                                 tracing::warn!(%error, "audit: subscription ended");
                                 break;
                             }
                         };
-                        let mut batch = vec![first];
-                        let mut ended = None;
-                        // `next` is cancel-safe: a delivery not ready yet is not lost.
-                        while batch.len() < MAX_AUDIT_BATCH {
-                            match subscription.next().now_or_never() {
-                                Some(Ok(delivery)) => batch.push(delivery),
-                                Some(Err(error)) => {
-                                    ended = Some(error);
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
                         if let Err(error) = self.settle_all(batch).await {
                             tracing::warn!(%error, "audit: settling a delivery failed");
                         }

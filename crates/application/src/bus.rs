@@ -396,6 +396,27 @@ pub trait Subscription: Send + Debug {
 
     /// How many unsettled deliveries this subscription may hold.
     fn prefetch(&self) -> u16;
+
+    /// The next delivery (waiting for it) and every other one already there, up to `max`
+    /// in all (and the prefetch): what a consumer that records a batch in one transaction
+    /// takes at once. An error after the first delivery ends the batch and comes beside
+    /// it: the deliveries taken are still the caller's to settle, then it subscribes again.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Option<BusError>), BusError> {
+        use futures_util::FutureExt;
+        let mut batch = vec![self.next().await?];
+        while batch.len() < max {
+            // `next` is cancel-safe: a delivery not ready yet is not lost.
+            match self.next().now_or_never() {
+                Some(Ok(delivery)) => batch.push(delivery),
+                Some(Err(error)) => return Ok((batch, Some(error))),
+                None => break,
+            }
+        }
+        Ok((batch, None))
+    }
 }
 
 /// How a delivery was settled.

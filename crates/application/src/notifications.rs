@@ -25,6 +25,7 @@
 //! else is "not found"), `banking-admin` sees everything, and with authentication off
 //! (`None` caller) everything is visible.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -513,6 +514,17 @@ pub struct EventRecorded {
     pub email_created: Option<DeliveryStatus>,
 }
 
+/// What one event means for its owner: written by [`NotificationStore::record_events`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The in-app notification.
+    pub notification: Notification,
+    /// One per active endpoint subscribed to the event's type.
+    pub deliveries: Vec<WebhookDelivery>,
+    /// With SMTP configured.
+    pub email: Option<EmailDelivery>,
+}
+
 /// What [`NotificationService::on_event`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -567,7 +579,22 @@ pub trait NotificationStore: Send + Sync + std::fmt::Debug {
         notification: &Notification,
         deliveries: &[WebhookDelivery],
         email: Option<&EmailDelivery>,
-    ) -> Result<EventRecorded, StoreError>;
+    ) -> Result<EventRecorded, StoreError> {
+        let record = EventRecord {
+            notification: notification.clone(),
+            deliveries: deliveries.to_vec(),
+            email: email.cloned(),
+        };
+        let mut recorded = self.record_events(std::slice::from_ref(&record)).await?;
+        recorded.pop().ok_or_else(|| StoreError::Corrupt("no outcome for the event".into()))
+    }
+    /// Records several events as [`NotificationStore::record_event_with_email`] would, all
+    /// in one transaction (one commit instead of one per event); the outcomes in order. An
+    /// event given twice is recorded once (the second finds it there).
+    async fn record_events(&self, events: &[EventRecord])
+    -> Result<Vec<EventRecorded>, StoreError>;
+    /// The active endpoints of any of `owners`.
+    async fn active_endpoints(&self, owners: &[&str]) -> Result<Vec<WebhookEndpoint>, StoreError>;
     /// The email of one event to `owner`, if one was recorded.
     async fn email_delivery(
         &self,
@@ -812,6 +839,95 @@ fn page_limit(limit: Option<u32>) -> Result<u32, NotificationError> {
 }
 
 /// The one inbox line of a payment event.
+/// The notification of one event (`None`: not a type notifications care about).
+fn notification_of(event: &Event, now_ms: i64) -> Result<Option<Notification>, NotificationError> {
+    if !EVENT_TYPES.contains(&event.type_.as_str()) {
+        return Ok(None);
+    }
+    let data = &event.data;
+    if !data.is_object() {
+        return Err(NotificationError::InvalidEvent("data is not a JSON object".into()));
+    }
+    let owner = match data.get("owner").and_then(Value::as_str) {
+        Some(owner)
+            if !owner.is_empty()
+                && owner.len() <= MAX_OWNER_BYTES
+                && !owner.chars().any(char::is_control) =>
+        {
+            owner.to_owned()
+        }
+        _ => return Err(NotificationError::InvalidEvent("data.owner is missing".into())),
+    };
+    let payment_id = match data.get("payment_id") {
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    Ok(Some(Notification {
+        id: Uuid::now_v7(),
+        owner,
+        event_id: event.id.clone(),
+        event_type: event.type_.clone(),
+        payment_id,
+        title: title(&event.type_, data),
+        data: data.clone(),
+        created_at_ms: now_ms,
+        read_at_ms: None,
+    }))
+}
+
+/// The first delivery of `notification`'s event to `endpoint`, due now.
+fn webhook_delivery(
+    endpoint: &WebhookEndpoint,
+    notification: &Notification,
+    payload: &str,
+) -> WebhookDelivery {
+    let id = Uuid::now_v7();
+    let now_ms = notification.created_at_ms;
+    WebhookDelivery {
+        id,
+        endpoint_id: endpoint.id,
+        owner: notification.owner.clone(),
+        event_id: notification.event_id.clone(),
+        event_type: notification.event_type.clone(),
+        message_id: format!("msg_{}", id.simple()),
+        payload: payload.to_owned(),
+        status: DeliveryStatus::Pending,
+        series: 1,
+        attempts: 0,
+        next_attempt_at_ms: Some(now_ms),
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        last_status_code: None,
+        last_error: None,
+    }
+}
+
+/// The email of `notification` to `address` (due now), or skipped with the reason there
+/// is none.
+fn email_delivery(notification: &Notification, address: Result<String, String>) -> EmailDelivery {
+    let now_ms = notification.created_at_ms;
+    let (recipient, status, next_attempt_at_ms, last_error) = match address {
+        Ok(address) => (Some(address), DeliveryStatus::Pending, Some(now_ms), None),
+        Err(why) => (None, DeliveryStatus::Skipped, None, Some(why)),
+    };
+    EmailDelivery {
+        id: Uuid::now_v7(),
+        owner: notification.owner.clone(),
+        event_id: notification.event_id.clone(),
+        event_type: notification.event_type.clone(),
+        recipient,
+        subject: notification.title.clone(),
+        body: email_body(&notification.title, &notification.data),
+        status,
+        attempts: 0,
+        next_attempt_at_ms,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        last_error,
+    }
+}
+
 fn title(event_type: &str, data: &Value) -> String {
     let label = match event_type {
         "transaction.created" => "Payment created",
@@ -903,98 +1019,64 @@ impl NotificationService {
     /// event id. Types other than [`EVENT_TYPES`] are ignored; data without an `owner`
     /// is [`NotificationError::InvalidEvent`].
     pub async fn on_event(&self, event: &Event) -> Result<EventOutcome, NotificationError> {
-        if !EVENT_TYPES.contains(&event.type_.as_str()) {
-            return Ok(EventOutcome::Ignored);
-        }
-        let data = &event.data;
-        if !data.is_object() {
-            return Err(NotificationError::InvalidEvent("data is not a JSON object".into()));
-        }
-        let owner = match data.get("owner").and_then(Value::as_str) {
-            Some(owner)
-                if !owner.is_empty()
-                    && owner.len() <= MAX_OWNER_BYTES
-                    && !owner.chars().any(char::is_control) =>
-            {
-                owner.to_owned()
-            }
-            _ => return Err(NotificationError::InvalidEvent("data.owner is missing".into())),
-        };
-        let payment_id = match data.get("payment_id") {
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
-        };
+        let mut outcomes = self.on_events(&[event]).await?;
+        outcomes.pop().unwrap_or(Ok(EventOutcome::Ignored))
+    }
+
+    /// [`NotificationService::on_event`] for several events, recorded in one transaction:
+    /// the outcome of each, in order. An unreadable event fails alone; the outer error is
+    /// the store's, and then nothing of the batch was recorded.
+    pub async fn on_events(
+        &self,
+        events: &[&Event],
+    ) -> Result<Vec<Result<EventOutcome, NotificationError>>, NotificationError> {
         let now_ms = self.clock.now_ms();
-        let notification = Notification {
-            id: Uuid::now_v7(),
-            owner: owner.clone(),
-            event_id: event.id.clone(),
-            event_type: event.type_.clone(),
-            payment_id,
-            title: title(&event.type_, data),
-            data: data.clone(),
-            created_at_ms: now_ms,
-            read_at_ms: None,
+        let read: Vec<Result<Option<Notification>, NotificationError>> =
+            events.iter().map(|event| notification_of(event, now_ms)).collect();
+        let mut owners: Vec<&str> =
+            read.iter().flatten().flatten().map(|n| n.owner.as_str()).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let endpoints = match owners.is_empty() {
+            true => Vec::new(),
+            false => self.store.active_endpoints(&owners).await?,
         };
-        let payload = json!({ "type": event.type_, "timestamp": event.time, "data": data });
-        let payload = serde_json::to_string(&payload)
-            .map_err(|e| NotificationError::InvalidEvent(e.to_string()))?;
-        let deliveries: Vec<WebhookDelivery> = self
-            .store
-            .endpoints(&owner)
-            .await?
-            .into_iter()
-            .filter(|endpoint| endpoint.receives(&event.type_))
-            .map(|endpoint| {
-                let id = Uuid::now_v7();
-                WebhookDelivery {
-                    id,
-                    endpoint_id: endpoint.id,
-                    owner: owner.clone(),
-                    event_id: event.id.clone(),
-                    event_type: event.type_.clone(),
-                    message_id: format!("msg_{}", id.simple()),
-                    payload: payload.clone(),
-                    status: DeliveryStatus::Pending,
-                    series: 1,
-                    attempts: 0,
-                    next_attempt_at_ms: Some(now_ms),
-                    created_at_ms: now_ms,
-                    updated_at_ms: now_ms,
-                    last_status_code: None,
-                    last_error: None,
-                }
-            })
-            .collect();
-        let email = match &self.directory {
-            None => None,
-            Some(directory) => {
-                let (recipient, status, next_attempt_at_ms, last_error) =
-                    match directory.email_of(&owner).await? {
-                        Ok(address) => (Some(address), DeliveryStatus::Pending, Some(now_ms), None),
-                        Err(why) => (None, DeliveryStatus::Skipped, None, Some(why)),
-                    };
-                Some(EmailDelivery {
-                    id: Uuid::now_v7(),
-                    owner: owner.clone(),
-                    event_id: event.id.clone(),
-                    event_type: event.type_.clone(),
-                    recipient,
-                    subject: notification.title.clone(),
-                    body: email_body(&notification.title, data),
-                    status,
-                    attempts: 0,
-                    next_attempt_at_ms,
-                    created_at_ms: now_ms,
-                    updated_at_ms: now_ms,
-                    last_error,
-                })
+        let mut emails = HashMap::new();
+        if let Some(directory) = &self.directory {
+            for owner in &owners {
+                emails.insert(*owner, directory.email_of(owner).await?);
             }
-        };
-        let recorded =
-            self.store.record_event_with_email(&notification, &deliveries, email.as_ref()).await?;
-        Ok(EventOutcome::Recorded(recorded))
+        }
+        let mut records = Vec::new();
+        for (event, notification) in events.iter().zip(&read) {
+            let Ok(Some(notification)) = notification else { continue };
+            let payload =
+                json!({ "type": event.type_, "timestamp": event.time, "data": event.data });
+            let payload = serde_json::to_string(&payload)
+                .map_err(|e| NotificationError::InvalidEvent(e.to_string()))?;
+            let deliveries = endpoints
+                .iter()
+                .filter(|e| e.owner == notification.owner && e.receives(&event.type_))
+                .map(|endpoint| webhook_delivery(endpoint, notification, &payload))
+                .collect();
+            let email = emails
+                .get(notification.owner.as_str())
+                .map(|address| email_delivery(notification, address.clone()));
+            records.push(EventRecord { notification: notification.clone(), deliveries, email });
+        }
+        let mut recorded = match records.is_empty() {
+            true => Vec::new(),
+            false => self.store.record_events(&records).await?,
+        }
+        .into_iter();
+        Ok(read
+            .into_iter()
+            .map(|read| match read {
+                Ok(Some(_)) => Ok(EventOutcome::Recorded(recorded.next().unwrap_or_default())),
+                Ok(None) => Ok(EventOutcome::Ignored),
+                Err(error) => Err(error),
+            })
+            .collect())
     }
 
     /// Registers an endpoint; returns it and its secret (shown to the caller only now).

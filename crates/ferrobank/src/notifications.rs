@@ -3,10 +3,10 @@
 //! Email addresses come from the built-in provider's users of `[identity] realm` as stored
 //! (users of an external Keycloak are unknown here: their emails are `skipped`).
 //!
-//! The consumer acks an event once `on_event` has committed, asks for a retry when the
-//! store failed (the bus redelivers after its backoff; de-duplication by event id makes
-//! that safe) and rejects an event whose data can never be a payment (poison, to the
-//! dead-letter queue).
+//! The consumer records the events delivered together in one transaction and acks each
+//! once it has committed, asks for a retry when the store failed (the bus redelivers after
+//! its backoff; de-duplication by event id makes that safe) and rejects an event whose
+//! data can never be a payment (poison, to the dead-letter queue).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use ferrobank_adapters::SqlStore;
 use ferrobank_adapters::idp::RealmDirectory;
 use ferrobank_application::notifications::{CONSUMER, DeliveryStatus, EVENT_TYPES, EventOutcome};
 use ferrobank_application::{
-    Clock, Delivery, EventBus, NotificationError, NotificationService, Subscription,
+    Clock, Delivery, Event, EventBus, NotificationError, NotificationService, Subscription,
 };
 use ferrobank_interfaces::email::{EmailSender, spawn_email_deliverer};
 use ferrobank_interfaces::webhooks::{DelivererOptions, spawn_deliverer};
@@ -61,69 +61,82 @@ pub async fn start(
     Ok((service, tasks))
 }
 
-/// Events handled at once by the consumer. Events are independent of each other (unique
-/// keys per event make each one idempotent), so they need no order; side by side, their
-/// commits share PostgreSQL's WAL flushes instead of waiting for one fsync each, which is
-/// what lets the consumer keep up with thousands of payments a second.
-const CONCURRENT_EVENTS: usize = 64;
+/// Most events recorded in one transaction by the consumer.
+const MAX_BATCH: usize = 256;
 
-/// The consumer loop: up to [`CONCURRENT_EVENTS`] events at a time, each settled after
-/// its effect committed.
+/// The consumer loop: waits for an event, takes every other one already delivered (up to
+/// [`MAX_BATCH`] and the prefetch), records them in one transaction and settles each after
+/// the commit. One commit per batch instead of one per event is what lets it keep up with
+/// thousands of payments a second.
 async fn consume(
     service: NotificationService,
     bus: Arc<dyn EventBus>,
     mut subscription: Box<dyn Subscription>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_EVENTS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let delivery = match subscription.next().await {
-            Ok(delivery) => delivery,
-            Err(error) => {
-                tracing::warn!(%error, "notifications: the bus subscription ended; subscribing again");
-                subscription = loop {
-                    tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                    match bus.subscribe(CONSUMER, &EVENT_TYPES).await {
-                        Ok(subscription) => break subscription,
-                        Err(error) => tracing::warn!(%error, "notifications: subscribing failed"),
-                    }
-                };
-                continue;
-            }
+        let (batch, ended) = match subscription.next_batch(MAX_BATCH).await {
+            Ok(taken) => taken,
+            Err(error) => (Vec::new(), Some(error)),
         };
-        let service = service.clone();
-        tokio::spawn(async move {
-            settle(&service, delivery).await;
-            drop(permit);
-        });
+        settle(&service, batch).await;
+        if let Some(error) = ended {
+            tracing::warn!(%error, "notifications: the bus subscription ended; subscribing again");
+            subscription = loop {
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                match bus.subscribe(CONSUMER, &EVENT_TYPES).await {
+                    Ok(subscription) => break subscription,
+                    Err(error) => tracing::warn!(%error, "notifications: subscribing failed"),
+                }
+            };
+        }
     }
 }
 
-/// Records one event and settles its delivery: ack once committed, retry after a store
-/// failure, reject poison.
-async fn settle(service: &NotificationService, delivery: Delivery) {
-    let event_id = delivery.event().id.clone();
-    let settled = match service.on_event(delivery.event()).await {
-        Ok(outcome) => {
-            if let EventOutcome::Recorded(recorded) = outcome
-                && let Some(status) = recorded.email_created
-            {
-                let outcome = if status == DeliveryStatus::Skipped { "skipped" } else { "queued" };
-                metrics::counter!("ferrobank_emails_total", "outcome" => outcome).increment(1);
+/// Records a batch of events and settles each delivery: ack once committed, reject poison,
+/// retry after a store failure. When the store refused the batch, each event is recorded
+/// alone, so that one it refuses does not hold back (or dead-letter) the others.
+async fn settle(service: &NotificationService, batch: Vec<Delivery>) {
+    if batch.is_empty() {
+        return;
+    }
+    let events: Vec<&Event> = batch.iter().map(Delivery::event).collect();
+    let outcomes = match service.on_events(&events).await {
+        Ok(outcomes) => outcomes,
+        Err(error) if batch.len() > 1 => {
+            tracing::warn!(%error, events = batch.len(), "notifications: batch failed; one by one");
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for event in &events {
+                outcomes.push(service.on_event(event).await);
             }
-            delivery.ack().await
+            outcomes
         }
-        Err(NotificationError::InvalidEvent(reason)) => {
-            tracing::warn!(event = %event_id, %reason, "notifications: poison event rejected");
-            delivery.reject().await
-        }
-        Err(error) => {
-            tracing::warn!(event = %event_id, %error, "notifications: event retried later");
-            delivery.retry().await
-        }
+        Err(error) => vec![Err(error)],
     };
-    if let Err(error) = settled {
-        // Unsettled, the event comes back (redelivered): de-duplication absorbs it.
-        tracing::warn!(event = %event_id, %error, "notifications: settling an event failed");
+    for (delivery, outcome) in batch.into_iter().zip(outcomes) {
+        let event_id = delivery.event().id.clone();
+        let settled = match outcome {
+            Ok(outcome) => {
+                if let EventOutcome::Recorded(recorded) = outcome
+                    && let Some(status) = recorded.email_created
+                {
+                    let outcome =
+                        if status == DeliveryStatus::Skipped { "skipped" } else { "queued" };
+                    metrics::counter!("ferrobank_emails_total", "outcome" => outcome).increment(1);
+                }
+                delivery.ack().await
+            }
+            Err(NotificationError::InvalidEvent(reason)) => {
+                tracing::warn!(event = %event_id, %reason, "notifications: poison event rejected");
+                delivery.reject().await
+            }
+            Err(error) => {
+                tracing::warn!(event = %event_id, %error, "notifications: event retried later");
+                delivery.retry().await
+            }
+        };
+        if let Err(error) = settled {
+            // Unsettled, the event comes back (redelivered): de-duplication absorbs it.
+            tracing::warn!(event = %event_id, %error, "notifications: settling an event failed");
+        }
     }
 }

@@ -8,19 +8,22 @@
 //! take different ones; SQLite has one writer anyway) and push their due time past the
 //! attempt's lease, so a crashed deliverer's claims come due again.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use ferrobank_application::StoreError;
 use ferrobank_application::notifications::{
     AttemptRecord, ClaimedDelivery, ClaimedEmail, DeliveryAttempt, DeliveryPage, DeliveryStatus,
-    DeliveryWithLog, EmailDelivery, EventRecorded, MAX_LISTED_ATTEMPTS, MAX_LISTED_ENDPOINTS,
-    MAX_SERIES, Notification, NotificationPage, NotificationStore, ReplayOutcome, WebhookDelivery,
-    WebhookEndpoint,
+    DeliveryWithLog, EmailDelivery, EventRecord, EventRecorded, MAX_LISTED_ATTEMPTS,
+    MAX_LISTED_ENDPOINTS, MAX_SERIES, Notification, NotificationPage, NotificationStore,
+    ReplayOutcome, WebhookDelivery, WebhookEndpoint,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-use super::{Backend, SqlStore, map_err};
+use super::ledger::in_lists;
+use super::{Backend, SqlStore, map_err, placeholders};
 
 /// First key of the per-owner advisory lock that serializes endpoint registration on
 /// PostgreSQL (the second is the owner's hash).
@@ -35,6 +38,8 @@ const ATTEMPT_COLUMNS: &str =
     "delivery_id, series, attempt, at_ms, duration_ms, status_code, error, response_prefix";
 const EMAIL_COLUMNS: &str = "id, owner, event_id, event_type, recipient, subject, body, \
      status, attempts, next_attempt_at_ms, created_at_ms, updated_at_ms, last_error";
+/// Notifications per `INSERT` statement.
+const NOTIFICATION_CHUNK_ROWS: usize = 64;
 const NOTIFICATION_COLUMNS: &str =
     "id, owner, event_id, event_type, payment_id, title, data, created_at_ms, read_at_ms";
 
@@ -337,88 +342,131 @@ impl NotificationStore for SqlStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn record_event_with_email(
-        &self,
-        notification: &Notification,
-        deliveries: &[WebhookDelivery],
-        email: Option<&EmailDelivery>,
-    ) -> Result<EventRecorded, StoreError> {
-        let data = serde_json::to_string(&notification.data).map_err(|e| corrupt("data", e))?;
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO notifications ({NOTIFICATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (owner, event_id) DO NOTHING"
-        ))
-        .bind(id_text(notification.id))
-        .bind(notification.owner.as_str())
-        .bind(notification.event_id.as_str())
-        .bind(notification.event_type.as_str())
-        .bind(notification.payment_id.clone())
-        .bind(notification.title.as_str())
-        .bind(data)
-        .bind(notification.created_at_ms)
-        .bind(notification.read_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let mut recorded = EventRecorded {
-            notification_created: inserted.rows_affected() == 1,
-            deliveries_created: 0,
-            email_created: None,
-        };
-        for d in deliveries {
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
-                 $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                 ON CONFLICT (endpoint_id, event_id) DO NOTHING"
-            ))
-            .bind(id_text(d.id))
-            .bind(id_text(d.endpoint_id))
-            .bind(d.owner.as_str())
-            .bind(d.event_id.as_str())
-            .bind(d.event_type.as_str())
-            .bind(d.message_id.as_str())
-            .bind(d.payload.as_str())
-            .bind(d.status.as_str())
-            .bind(i64::from(d.series))
-            .bind(i64::from(d.attempts))
-            .bind(d.next_attempt_at_ms)
-            .bind(d.created_at_ms)
-            .bind(d.updated_at_ms)
-            .bind(d.last_status_code.map(i64::from))
-            .bind(d.last_error.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            if inserted.rows_affected() == 1 {
-                recorded.deliveries_created += 1;
+    async fn active_endpoints(&self, owners: &[&str]) -> Result<Vec<WebhookEndpoint>, StoreError> {
+        let mut found = Vec::new();
+        for (list, values) in in_lists(owners) {
+            let sql = format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints \
+                 WHERE owner IN ({list}) AND disabled_at_ms IS NULL"
+            );
+            let mut query = sqlx::query(&sql);
+            for value in values {
+                query = query.bind(value);
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(map_err)? {
+                found.push(endpoint(&row)?);
             }
         }
-        if let Some(e) = email {
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO email_deliveries ({EMAIL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
-                 $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (owner, event_id) DO NOTHING"
-            ))
-            .bind(id_text(e.id))
-            .bind(e.owner.as_str())
-            .bind(e.event_id.as_str())
-            .bind(e.event_type.as_str())
-            .bind(e.recipient.clone())
-            .bind(e.subject.as_str())
-            .bind(e.body.as_str())
-            .bind(e.status.as_str())
-            .bind(i64::from(e.attempts))
-            .bind(e.next_attempt_at_ms)
-            .bind(e.created_at_ms)
-            .bind(e.updated_at_ms)
-            .bind(e.last_error.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            recorded.email_created = (inserted.rows_affected() == 1).then_some(e.status);
+        Ok(found)
+    }
+
+    async fn record_events(
+        &self,
+        events: &[EventRecord],
+    ) -> Result<Vec<EventRecorded>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The notifications, one statement per chunk; RETURNING names those inserted (an
+        // event recorded before is skipped by its unique key).
+        let mut created: HashSet<(String, String)> = HashSet::new();
+        for chunk in events.chunks(NOTIFICATION_CHUNK_ROWS) {
+            // Padded to a power of two by repeating the last row (the copy conflicts with
+            // it and is skipped), so the statement cache sees a handful of shapes.
+            let padded = chunk.len().next_power_of_two();
+            let width = 9;
+            let values: Vec<String> =
+                (0..padded).map(|i| format!("({})", placeholders(i * width, width))).collect();
+            let sql = format!(
+                "INSERT INTO notifications ({NOTIFICATION_COLUMNS}) VALUES {} \
+                 ON CONFLICT (owner, event_id) DO NOTHING RETURNING owner, event_id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            let last = chunk.len() - 1;
+            for i in 0..padded {
+                let n = &chunk[i.min(last)].notification;
+                let data = serde_json::to_string(&n.data).map_err(|e| corrupt("data", e))?;
+                query = query
+                    .bind(id_text(n.id))
+                    .bind(n.owner.as_str())
+                    .bind(n.event_id.as_str())
+                    .bind(n.event_type.as_str())
+                    .bind(n.payment_id.clone())
+                    .bind(n.title.as_str())
+                    .bind(data)
+                    .bind(n.created_at_ms)
+                    .bind(n.read_at_ms);
+            }
+            for row in query.fetch_all(&mut *tx).await.map_err(map_err)? {
+                created.insert((
+                    row.try_get("owner").map_err(map_err)?,
+                    row.try_get("event_id").map_err(map_err)?,
+                ));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(events.len());
+        for EventRecord { notification, deliveries, email } in events {
+            let key = (notification.owner.clone(), notification.event_id.clone());
+            let mut recorded = EventRecorded {
+                // Only the first of an event given twice created it.
+                notification_created: created.remove(&key),
+                deliveries_created: 0,
+                email_created: None,
+            };
+            for d in deliveries {
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, \
+                     $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                     ON CONFLICT (endpoint_id, event_id) DO NOTHING"
+                ))
+                .bind(id_text(d.id))
+                .bind(id_text(d.endpoint_id))
+                .bind(d.owner.as_str())
+                .bind(d.event_id.as_str())
+                .bind(d.event_type.as_str())
+                .bind(d.message_id.as_str())
+                .bind(d.payload.as_str())
+                .bind(d.status.as_str())
+                .bind(i64::from(d.series))
+                .bind(i64::from(d.attempts))
+                .bind(d.next_attempt_at_ms)
+                .bind(d.created_at_ms)
+                .bind(d.updated_at_ms)
+                .bind(d.last_status_code.map(i64::from))
+                .bind(d.last_error.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if inserted.rows_affected() == 1 {
+                    recorded.deliveries_created += 1;
+                }
+            }
+            if let Some(e) = email {
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO email_deliveries ({EMAIL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
+                     $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (owner, event_id) DO NOTHING"
+                ))
+                .bind(id_text(e.id))
+                .bind(e.owner.as_str())
+                .bind(e.event_id.as_str())
+                .bind(e.event_type.as_str())
+                .bind(e.recipient.clone())
+                .bind(e.subject.as_str())
+                .bind(e.body.as_str())
+                .bind(e.status.as_str())
+                .bind(i64::from(e.attempts))
+                .bind(e.next_attempt_at_ms)
+                .bind(e.created_at_ms)
+                .bind(e.updated_at_ms)
+                .bind(e.last_error.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                recorded.email_created = (inserted.rows_affected() == 1).then_some(e.status);
+            }
+            outcomes.push(recorded);
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(recorded)
+        Ok(outcomes)
     }
 
     async fn notification(&self, id: Uuid) -> Result<Option<Notification>, StoreError> {

@@ -200,13 +200,9 @@ impl PaymentService {
         let created_by = caller.map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone());
         let payment =
             Payment::new(new, owner, created_by, decision, request.idempotency_key, now_ms);
-        let credit = match new.beneficiary() {
-            Beneficiary::Internal { account } => *account,
-            Beneficiary::External { .. } => Self::clearing_account(new.currency()),
-        };
         let command = Command::Create {
+            credit: credit_account(&payment),
             payment: Box::new(payment),
-            credit,
             traceparent: request.traceparent,
         };
         match self.submit(command).await? {
@@ -396,6 +392,15 @@ impl PaymentService {
 /// retried change finds the transfer it made the first time.
 pub fn hold_id(payment: PaymentId) -> TransferId {
     TransferId(derived_uuid(&["ferrobank:hold", &payment.to_string()]))
+}
+
+/// The account a payment's hold credits: the beneficiary's account inside the bank, the
+/// clearing account of its currency for an external beneficiary.
+fn credit_account(payment: &Payment) -> AccountId {
+    match &payment.beneficiary {
+        Beneficiary::Internal { account } => *account,
+        Beneficiary::External { .. } => PaymentService::clearing_account(payment.currency),
+    }
 }
 
 fn resolution_id(payment: PaymentId, kind: &str) -> TransferId {

@@ -14,7 +14,7 @@ use ferrobank_domain::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{PAYMENT_TRANSFER_CODE, PaymentsError, hold_id, resolution_id};
+use super::{PAYMENT_TRANSFER_CODE, PaymentsError, credit_account, hold_id, resolution_id};
 use crate::clock::Clock;
 use crate::outbox::OutboxMessage;
 use crate::ports::{LedgerStore, StoreError};
@@ -136,7 +136,9 @@ impl Writer {
         let mut payments: HashMap<PaymentId, Payment> =
             tx.lock_payments(&ids).await?.into_iter().map(|p| (p.id, p)).collect();
 
-        // Every hold, post and void the batch may touch, and their accounts.
+        // Every hold, post and void the batch may touch, and their accounts: a payment's
+        // hold debits its debtor account and credits the account its beneficiary names
+        // (`credit_account`), so both are known before anything is read.
         let mut transfer_ids = BTreeSet::new();
         let mut account_ids = BTreeSet::new();
         for command in commands {
@@ -152,18 +154,25 @@ impl Writer {
                 }
                 Command::Transition { .. } => {
                     if let Some(p) = payments.get(&id) {
-                        account_ids.insert(p.debtor_account);
+                        account_ids.extend([p.debtor_account, credit_account(p)]);
                     }
                 }
             }
         }
         let transfer_ids: Vec<TransferId> = transfer_ids.into_iter().collect();
-        for t in tx.transfers(&transfer_ids).await? {
-            account_ids.extend([t.debit_account_id, t.credit_account_id]);
-        }
-        let account_ids: Vec<AccountId> = account_ids.into_iter().collect();
-        let accounts = tx.lock_accounts(&account_ids).await?;
+        let mut accounts =
+            tx.lock_accounts(&account_ids.iter().copied().collect::<Vec<_>>()).await?;
         let transfers = tx.transfers(&transfer_ids).await?;
+        // A hold on other accounts than its payment names (never written so): lock them
+        // too rather than fail the batch.
+        let unlocked: BTreeSet<AccountId> = transfers
+            .iter()
+            .flat_map(|t| [t.debit_account_id, t.credit_account_id])
+            .filter(|a| !account_ids.contains(a))
+            .collect();
+        if !unlocked.is_empty() {
+            accounts.extend(tx.lock_accounts(&unlocked.into_iter().collect::<Vec<_>>()).await?);
+        }
         let mut book = Book::new(accounts, transfers);
 
         let mut inbox_keys: HashMap<String, Vec<String>> = HashMap::new();
