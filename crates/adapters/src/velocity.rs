@@ -1,10 +1,12 @@
 //! Velocity counters of the risk check: in a bounded in-process map, or in Redis (one Lua
 //! script per payment, so replicas share the counters and never both see the old totals).
 //!
-//! Both count in fixed windows (`window_s` seconds since the Unix epoch) and UTC days, and
-//! saturate at `u32::MAX` payments and `u64::MAX` minor units. The window size is a
-//! deployment constant: buckets are named by their start only, so two window sizes used at
-//! once would share the buckets that start at the same second.
+//! The window slides: it is counted in [`SLICES_PER_WINDOW`] slices of `window_s / 60`
+//! seconds (at least one second), and a payment counts while its slice is among the
+//! current one and the `ceil(window_s / slice)` before it, that is for at least `window_s`
+//! and less than `window_s` plus two slices. A fixed window (reset at multiples of
+//! `window_s`) let a customer make twice the limit around a reset. Days are UTC calendar
+//! days. Both saturate at `u32::MAX` payments and `u64::MAX` minor units.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -17,9 +19,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// Customers [`MemoryVelocity::default`] tracks at most.
 pub const DEFAULT_MAX_CUSTOMERS: usize = 1_000_000;
-/// Window buckets kept per customer in memory: the current one, the one before (for
-/// payments stamped slightly in the past) and some slack for clock skew.
-const MAX_WINDOWS_PER_CUSTOMER: usize = 4;
+/// Slices a velocity window is counted in.
+pub const SLICES_PER_WINDOW: i64 = 60;
+/// Slices kept per customer in memory: those counted (at most 61) and slack for payments
+/// stamped by a clock slightly ahead.
+const MAX_SLICES_PER_CUSTOMER: usize = 64;
 /// Day buckets kept per customer in memory: today and yesterday, and slack.
 const MAX_DAYS_PER_CUSTOMER: usize = 3;
 const MS_PER_DAY: i64 = 86_400_000;
@@ -30,12 +34,31 @@ const REDIS_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Longest one `record` may take in Redis, reconnecting included, in milliseconds.
 const REDIS_RECORD_TIMEOUT_MS: u64 = 1_000;
 
-/// Where a payment at `now_ms` falls: its window's start (seconds) and its UTC day (days
-/// since the epoch). A `window_s` of 0 is taken as 1 second.
-fn position(now_ms: i64, window_s: u32) -> (i64, i64) {
-    let window_s = i64::from(window_s.max(1));
-    let now_s = now_ms.div_euclid(1_000);
-    (now_s.div_euclid(window_s) * window_s, now_ms.div_euclid(MS_PER_DAY))
+/// Where a payment at `now_ms` falls in a window of `window_s` seconds (0 is taken as 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slicing {
+    /// The slice length in seconds.
+    len_s: i64,
+    /// The slice of `now_ms`: seconds since the epoch divided by `len_s`.
+    current: i64,
+    /// The oldest slice still counted.
+    oldest: i64,
+}
+
+impl Slicing {
+    fn of(now_ms: i64, window_s: u32) -> Self {
+        let window_s = i64::from(window_s.max(1));
+        let len_s = (window_s + SLICES_PER_WINDOW - 1) / SLICES_PER_WINDOW;
+        // Enough whole slices to cover the window.
+        let slices = (window_s + len_s - 1) / len_s;
+        let current = now_ms.div_euclid(1_000).div_euclid(len_s);
+        Self { len_s, current, oldest: current - slices }
+    }
+}
+
+/// The UTC day of `now_ms` (days since the epoch).
+fn day_of(now_ms: i64) -> i64 {
+    now_ms.div_euclid(MS_PER_DAY)
 }
 
 /// `yyyymmdd` of a day since the Unix epoch (proleptic Gregorian, UTC), by Howard
@@ -53,10 +76,10 @@ fn yyyymmdd(days: i64) -> String {
     format!("{year:04}{month:02}{day:02}")
 }
 
-/// One window of one customer.
+/// One slice of one customer's window.
 #[derive(Debug)]
-struct WindowBucket {
-    start_s: i64,
+struct SliceBucket {
+    slice: i64,
     count: u32,
     amounts: HashMap<String, u64>,
 }
@@ -71,18 +94,18 @@ struct DayBucket {
 /// One customer's live buckets.
 #[derive(Debug, Default)]
 struct Counters {
-    windows: Vec<WindowBucket>,
+    slices: Vec<SliceBucket>,
     days: Vec<DayBucket>,
 }
 
 impl Counters {
-    /// Drops buckets that Redis would have expired: windows ended more than a window ago,
-    /// days before yesterday; then the oldest beyond the per-customer bounds.
-    fn prune(&mut self, window_start_s: i64, window_s: i64, day: i64) {
-        self.windows.retain(|w| w.start_s >= window_start_s.saturating_sub(window_s));
+    /// Drops slices no longer counted and days before yesterday (what Redis expires or
+    /// deletes), then the oldest beyond the per-customer bounds.
+    fn prune(&mut self, slicing: Slicing, day: i64) {
+        self.slices.retain(|s| s.slice >= slicing.oldest);
         self.days.retain(|d| d.day >= day.saturating_sub(1));
-        while self.windows.len() > MAX_WINDOWS_PER_CUSTOMER {
-            remove_min_by_key(&mut self.windows, |w| w.start_s);
+        while self.slices.len() > MAX_SLICES_PER_CUSTOMER {
+            remove_min_by_key(&mut self.slices, |s| s.slice);
         }
         while self.days.len() > MAX_DAYS_PER_CUSTOMER {
             remove_min_by_key(&mut self.days, |d| d.day);
@@ -90,7 +113,7 @@ impl Counters {
     }
 
     fn is_empty(&self) -> bool {
-        self.windows.is_empty() && self.days.is_empty()
+        self.slices.is_empty() && self.days.is_empty()
     }
 }
 
@@ -140,13 +163,13 @@ impl VelocityStore for MemoryVelocity {
         now_ms: i64,
         window_s: u32,
     ) -> Result<VelocityBefore, StoreError> {
-        let (window_start_s, day) = position(now_ms, window_s);
-        let window_len_s = i64::from(window_s.max(1));
+        let slicing = Slicing::of(now_ms, window_s);
+        let day = day_of(now_ms);
         // Plain counters: a panic elsewhere cannot leave them half-updated.
         let mut customers = self.customers.lock().unwrap_or_else(PoisonError::into_inner);
         if !customers.contains_key(customer) && customers.len() >= self.max_customers {
             customers.retain(|_, counters| {
-                counters.prune(window_start_s, window_len_s, day);
+                counters.prune(slicing, day);
                 !counters.is_empty()
             });
             if customers.len() >= self.max_customers {
@@ -157,25 +180,29 @@ impl VelocityStore for MemoryVelocity {
             }
         }
         let counters = customers.entry(customer.to_owned()).or_default();
-        counters.prune(window_start_s, window_len_s, day);
+        counters.prune(slicing, day);
 
-        let window = match counters.windows.iter().position(|w| w.start_s == window_start_s) {
-            Some(index) => &mut counters.windows[index],
+        // Every slice left is counted (a slice ahead of this clock too).
+        let count_in_window =
+            counters.slices.iter().fold(0_u32, |sum, s| sum.saturating_add(s.count));
+        let amount_in_window_minor = counters.slices.iter().fold(0_u64, |sum, s| {
+            sum.saturating_add(s.amounts.get(currency).copied().unwrap_or(0))
+        });
+        let slice = match counters.slices.iter().position(|s| s.slice == slicing.current) {
+            Some(index) => &mut counters.slices[index],
             None => {
-                counters.windows.push(WindowBucket {
-                    start_s: window_start_s,
+                counters.slices.push(SliceBucket {
+                    slice: slicing.current,
                     count: 0,
                     amounts: HashMap::new(),
                 });
-                let last = counters.windows.len() - 1;
-                &mut counters.windows[last]
+                let last = counters.slices.len() - 1;
+                &mut counters.slices[last]
             }
         };
-        let count_in_window = window.count;
-        window.count = window.count.saturating_add(1);
-        let window_amount = window.amounts.entry(currency.to_owned()).or_insert(0);
-        let amount_in_window_minor = *window_amount;
-        *window_amount = window_amount.saturating_add(amount_minor);
+        slice.count = slice.count.saturating_add(1);
+        let slice_amount = slice.amounts.entry(currency.to_owned()).or_insert(0);
+        *slice_amount = slice_amount.saturating_add(amount_minor);
 
         let today = match counters.days.iter().position(|d| d.day == day) {
             Some(index) => &mut counters.days[index],
@@ -195,16 +222,25 @@ impl VelocityStore for MemoryVelocity {
 
 /// Counts one payment atomically and returns the totals before it.
 ///
-/// KEYS[1] the window hash, KEYS[2] the day hash; ARGV[1] the amount (decimal), ARGV[2] the
-/// currency's field (`amt:EUR`), ARGV[3] and ARGV[4] the TTLs in seconds.
+/// KEYS[1] the customer's slices hash, KEYS[2] the day hash; ARGV[1] the amount (decimal),
+/// ARGV[2] the currency, ARGV[3] the current slice, ARGV[4] the oldest slice counted,
+/// ARGV[5] and ARGV[6] the TTLs in seconds. Slice fields are `c:{slice}` (the count) and
+/// `a:{slice}:{currency}`; fields of slices no longer counted are deleted.
 ///
 /// Amounts are stored as decimal strings and added digit by digit, saturating at
 /// `u64::MAX`: Lua's numbers are doubles (exact only below 2^53) and `HINCRBY` stops at
-/// `i64::MAX`. The count is small enough for `HINCRBY`; it stops at `u32::MAX`. Everything
-/// comes back as strings, so no value passes through a double. A stored value that is not
-/// a `u64` fails the script instead of being overwritten.
+/// `i64::MAX`. Counts saturate at `u32::MAX`. Everything comes back as strings, so no
+/// value passes through a double (slice numbers do: seconds / slice length, far below
+/// 2^53). A counted value that is not a `u64` fails the script instead of being overwritten.
 const RECORD_LUA: &str = r"
 local MAX = '18446744073709551615'
+local U32 = '4294967295'
+local function above(v, limit)
+  return #v > #limit or (#v == #limit and v > limit)
+end
+local function valid(v)
+  return string.match(v, '^%d+$') ~= nil and not above(v, MAX)
+end
 local function add(a, b)
   local digits = {}
   local i, j, carry = #a, #b, 0
@@ -218,33 +254,57 @@ local function add(a, b)
     j = j - 1
   end
   local sum = string.reverse(table.concat(digits))
-  if #sum > #MAX or (#sum == #MAX and sum > MAX) then return MAX end
+  if above(sum, MAX) then return MAX end
   return sum
 end
-local count = redis.call('HGET', KEYS[1], 'count') or '0'
-local window_amt = redis.call('HGET', KEYS[1], ARGV[2]) or '0'
-local day_amt = redis.call('HGET', KEYS[2], ARGV[2]) or '0'
-for _, v in ipairs({count, window_amt, day_amt, ARGV[1]}) do
-  if not string.match(v, '^%d+$') or #v > #MAX or (#v == #MAX and v > MAX) then
-    return redis.error_reply('velocity counter is not an unsigned 64-bit integer')
+local function count_of(v)
+  if above(v, U32) then return U32 end
+  return v
+end
+local current, oldest = tonumber(ARGV[3]), tonumber(ARGV[4])
+local count, amount, slice_count, slice_amount = '0', '0', '0', '0'
+local stale = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local field, value = fields[i], fields[i + 1]
+  local kind, slice, currency = string.match(field, '^(%a):(%-?%d+):?(.*)$')
+  slice = tonumber(slice)
+  if slice == nil or slice < oldest then
+    stale[#stale + 1] = field
+  elseif kind == 'c' or currency == ARGV[2] then
+    if not valid(value) then
+      return redis.error_reply('velocity counter ' .. field .. ' is not an unsigned 64-bit integer')
+    end
+    if kind == 'c' then
+      count = add(count, value)
+      if slice == current then slice_count = value end
+    else
+      amount = add(amount, value)
+      if slice == current then slice_amount = value end
+    end
   end
 end
-if #count < 10 or (#count == 10 and count < '4294967295') then
-  redis.call('HINCRBY', KEYS[1], 'count', 1)
+local day_field = 'amt:' .. ARGV[2]
+local day_amount = redis.call('HGET', KEYS[2], day_field) or '0'
+if not valid(day_amount) or not valid(ARGV[1]) then
+  return redis.error_reply('velocity counter is not an unsigned 64-bit integer')
 end
-redis.call('HSET', KEYS[1], ARGV[2], add(window_amt, ARGV[1]))
-redis.call('HSET', KEYS[2], ARGV[2], add(day_amt, ARGV[1]))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {count, window_amt, day_amt}
+if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
+redis.call('HSET', KEYS[1], 'c:' .. ARGV[3], count_of(add(slice_count, '1')))
+redis.call('HSET', KEYS[1], 'a:' .. ARGV[3] .. ':' .. ARGV[2], add(slice_amount, ARGV[1]))
+redis.call('HSET', KEYS[2], day_field, add(day_amount, ARGV[1]))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {count_of(count), amount, day_amount}
 ";
 
 /// Velocity counters in Redis, shared by every replica using the same Redis and prefix.
 ///
-/// Keys: `{prefix}vel:{customer}:{window_start_s}` (fields `count`, `amt:{currency}`;
-/// expires two windows after its last payment) and `{prefix}day:{customer}:{yyyymmdd}`
-/// (fields `amt:{currency}`; expires two days after its last payment). Both keys of a
-/// payment are written by one script, so it needs a single Redis, not a cluster.
+/// Keys: `{prefix}vel:{slice_s}:{customer}` (the customer's slices, see [`RECORD_LUA`];
+/// expires two slices after its window ends; the slice length in the name keeps two window
+/// sizes apart) and `{prefix}day:{customer}:{yyyymmdd}` (fields `amt:{currency}`; expires
+/// two days after its last payment). Both keys of a payment are written by one script, so
+/// it needs a single Redis, not a cluster.
 #[derive(Clone)]
 pub struct RedisVelocity {
     connection: ConnectionManager,
@@ -292,14 +352,17 @@ impl VelocityStore for RedisVelocity {
         now_ms: i64,
         window_s: u32,
     ) -> Result<VelocityBefore, StoreError> {
-        let (window_start_s, day) = position(now_ms, window_s);
+        let slicing = Slicing::of(now_ms, window_s);
         let prefix = &self.key_prefix;
-        let mut invocation = self.script.key(format!("{prefix}vel:{customer}:{window_start_s}"));
+        let slices_ttl_s = (slicing.current - slicing.oldest + 2) * slicing.len_s;
+        let mut invocation = self.script.key(format!("{prefix}vel:{}:{customer}", slicing.len_s));
         invocation
-            .key(format!("{prefix}day:{customer}:{}", yyyymmdd(day)))
+            .key(format!("{prefix}day:{customer}:{}", yyyymmdd(day_of(now_ms))))
             .arg(amount_minor.to_string())
-            .arg(format!("amt:{currency}"))
-            .arg(u64::from(window_s.max(1)) * 2)
+            .arg(currency)
+            .arg(slicing.current)
+            .arg(slicing.oldest)
+            .arg(slices_ttl_s)
             .arg(DAY_TTL_S);
         let mut connection = self.connection.clone();
         // EVALSHA, and EVAL (loading the script) when Redis does not know it yet.
@@ -343,10 +406,19 @@ mod tests {
     }
 
     #[test]
-    fn windows_start_at_multiples_of_their_length() {
-        assert_eq!(position(3_599_999, 3_600), (0, 0));
-        assert_eq!(position(3_600_000, 3_600), (3_600, 0));
-        assert_eq!(position(-1, 60), (-60, -1));
-        assert_eq!(position(86_400_000, 0), (86_400, 1));
+    fn a_window_is_sixty_slices_that_cover_it() {
+        // 10 minutes: 10 s slices, the current one and the 60 before it.
+        let s = Slicing::of(1_709_287_205_000, 600);
+        assert_eq!((s.len_s, s.current, s.oldest), (10, 170_928_720, 170_928_660));
+        // 61 s: 2 s slices, 31 of them before the current one (62 s >= 61 s).
+        let s = Slicing::of(0, 61);
+        assert_eq!((s.len_s, s.current, s.oldest), (2, 0, -31));
+        // 1 s (and 0, taken as 1): 1 s slices, the one before counts too.
+        assert_eq!(Slicing::of(1_999, 1), Slicing { len_s: 1, current: 1, oldest: 0 });
+        assert_eq!(Slicing::of(1_999, 0), Slicing::of(1_999, 1));
+        // Before the epoch: floor, not truncation.
+        assert_eq!(Slicing::of(-1, 60).current, -1);
+        assert_eq!(day_of(-1), -1);
+        assert_eq!(day_of(86_400_000), 1);
     }
 }

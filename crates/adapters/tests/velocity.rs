@@ -46,7 +46,7 @@ on_both_stores!(
     the_first_payment_sees_zeros,
     totals_accumulate_per_currency,
     the_count_spans_currencies,
-    a_new_window_resets_the_window_but_not_the_day,
+    the_window_slides_and_the_day_stays,
     a_new_utc_day_resets_the_day_total,
     customers_are_independent,
     concurrent_payments_each_see_a_distinct_count,
@@ -169,17 +169,35 @@ async fn the_count_spans_currencies(store: Store) {
     assert_eq!(record(v, "cust-1", "EUR", 1, T0_MS + 4).await, before(4, 1_000, 1_000));
 }
 
-async fn a_new_window_resets_the_window_but_not_the_day(store: Store) {
+async fn the_window_slides_and_the_day_stays(store: Store) {
     let harness = Harness::new(store);
     let velocity = harness.velocity().await;
     let v = &*velocity;
     let window_ms = i64::from(WINDOW_S) * 1_000;
-    record(v, "cust-1", "EUR", 1_000, T0_MS).await;
-    record(v, "cust-1", "EUR", 500, T0_MS + window_ms - 1).await;
-    // The next window starts at a multiple of window_s since the epoch, not 600 s after
-    // the first payment.
-    assert_eq!(record(v, "cust-1", "EUR", 200, T0_MS + window_ms).await, before(0, 0, 1_500));
-    assert_eq!(record(v, "cust-1", "EUR", 1, T0_MS + window_ms + 1).await, before(1, 200, 1_700));
+    assert_eq!(record(v, "cust-1", "EUR", 1_000, T0_MS).await, before(0, 0, 0));
+    assert_eq!(
+        record(v, "cust-1", "EUR", 500, T0_MS + window_ms - 1).await,
+        before(1, 1_000, 1_000)
+    );
+    // Where a fixed window would have started again, both still count.
+    assert_eq!(record(v, "cust-1", "EUR", 200, T0_MS + window_ms).await, before(2, 1_500, 1_500));
+    // The first drops out with its 10 s slice: it counted for 600 to 610 s.
+    let last_counted = T0_MS + window_ms + 9_999;
+    assert_eq!(record(v, "cust-1", "EUR", 1, last_counted).await, before(3, 1_700, 1_700));
+    assert_eq!(record(v, "cust-1", "EUR", 1, last_counted + 1).await, before(3, 701, 1_701));
+    // A window after the last payment nothing counts; the day keeps its total.
+    assert_eq!(record(v, "cust-1", "EUR", 1, T0_MS + 3 * window_ms).await, before(0, 0, 1_702));
+    if let Store::Redis = store {
+        // The slices no longer counted were deleted: only the current one is left.
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut connection = client.get_connection().unwrap();
+        let key = format!("{}vel:10:cust-1", harness.prefix);
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut connection).unwrap();
+        let slice = (T0_MS + 3 * window_ms) / 10_000;
+        let mut fields = fields;
+        fields.sort();
+        assert_eq!(fields, [format!("a:{slice}:EUR"), format!("c:{slice}")]);
+    }
 }
 
 async fn a_new_utc_day_resets_the_day_total(store: Store) {
@@ -189,8 +207,9 @@ async fn a_new_utc_day_resets_the_day_total(store: Store) {
     // 23:59:59.999 UTC on 2024-02-29 (a leap day), then midnight.
     let midnight_ms = 1_709_251_200_000;
     assert_eq!(record(v, "cust-1", "EUR", 3_000, midnight_ms - 1).await, before(0, 0, 0));
-    assert_eq!(record(v, "cust-1", "EUR", 40, midnight_ms).await, before(0, 0, 0));
-    assert_eq!(record(v, "cust-1", "EUR", 2, midnight_ms + MINUTE_MS).await, before(1, 40, 40));
+    // The window slides over midnight; the day starts again.
+    assert_eq!(record(v, "cust-1", "EUR", 40, midnight_ms).await, before(1, 3_000, 0));
+    assert_eq!(record(v, "cust-1", "EUR", 2, midnight_ms + MINUTE_MS).await, before(2, 3_040, 40));
 }
 
 async fn customers_are_independent(store: Store) {
@@ -276,13 +295,14 @@ async fn memory_counters_stay_bounded() {
     assert_eq!(velocity.tracked_customers(), 1);
 }
 
-/// Memory only: one customer's old windows and days are dropped as time moves on.
+/// Memory only: one customer's old slices and days are dropped as time moves on.
 #[tokio::test]
 async fn memory_prunes_a_customers_old_buckets() {
     let velocity = MemoryVelocity::new(10);
     for day in 0..30 {
+        // Two windows apart: none sees the one before.
         for window in 0..20 {
-            let now_ms = T0_MS + day * 86_400_000 + window * i64::from(WINDOW_S) * 1_000;
+            let now_ms = T0_MS + day * 86_400_000 + window * 2 * i64::from(WINDOW_S) * 1_000;
             let seen = record(&velocity, "cust-1", "EUR", 1, now_ms).await;
             assert_eq!(seen, before(0, 0, u64::try_from(window).unwrap()));
         }

@@ -13,7 +13,7 @@ use crate::ports::StoreError;
 /// A customer's totals before the payment being checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VelocityBefore {
-    /// Payments in the current window, in every currency.
+    /// Payments in the sliding window that ends now (not this one), in every currency.
     pub count_in_window: u32,
     /// Their total in the payment's currency, minor units.
     pub amount_in_window_minor: u64,
@@ -23,8 +23,9 @@ pub struct VelocityBefore {
 
 /// Where velocity counters live.
 ///
-/// Windows are fixed: a window starts at a multiple of `window_s` seconds since the Unix
-/// epoch, a day at 00:00 UTC. Counters expire on their own after their window or day.
+/// The window slides: a payment counts for at least `window_s` seconds after it (the
+/// stores count in slices of `window_s / 60`, so at most two slices longer). A day starts
+/// at 00:00 UTC. Counters expire on their own after their window or day.
 #[async_trait]
 pub trait VelocityStore: Send + Sync + std::fmt::Debug {
     /// Counts a payment of `amount_minor` in `currency` (ISO 4217 alphabetic) by
