@@ -838,7 +838,6 @@ fn page_limit(limit: Option<u32>) -> Result<u32, NotificationError> {
     }
 }
 
-/// The one inbox line of a payment event.
 /// The notification of one event (`None`: not a type notifications care about).
 fn notification_of(event: &Event, now_ms: i64) -> Result<Option<Notification>, NotificationError> {
     if !EVENT_TYPES.contains(&event.type_.as_str()) {
@@ -928,6 +927,7 @@ fn email_delivery(notification: &Notification, address: Result<String, String>) 
     }
 }
 
+/// The one inbox line of a payment event.
 fn title(event_type: &str, data: &Value) -> String {
     let label = match event_type {
         "transaction.created" => "Payment created",
