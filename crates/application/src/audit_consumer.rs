@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::activity::{ActivityEntry, ActivityLog, format_minor_units};
 use crate::audit::AuditLog;
-use crate::bus::{BusError, Delivery, Event, EventBus, validate_subscription};
+use crate::bus::{BusError, Delivery, Event, EventBus, Subscription, validate_subscription};
 use crate::ports::StoreError;
 
 /// The consumer name on the bus (its queue).
@@ -156,9 +156,23 @@ impl AuditConsumer {
     /// (up to [`MAX_AUDIT_BATCH`] and the subscription's prefetch) and records them as one
     /// batch. When the bus goes away it subscribes again with a growing backoff.
     pub async fn run(self, bus: Arc<dyn EventBus>) {
+        self.run_from(bus, None).await;
+    }
+
+    /// [`AuditConsumer::run`], starting with `subscription` when given (one the caller made
+    /// to learn the bus accepts it: subscribing again would cost a consumer-group join).
+    pub async fn run_from(
+        self,
+        bus: Arc<dyn EventBus>,
+        mut subscription: Option<Box<dyn Subscription>>,
+    ) {
         let mut backoff_ms = 100_u64;
         loop {
-            match bus.subscribe(AUDIT_CONSUMER, &AUDITED_EVENT_TYPES).await {
+            let subscribed = match subscription.take() {
+                Some(subscription) => Ok(subscription),
+                None => bus.subscribe(AUDIT_CONSUMER, &AUDITED_EVENT_TYPES).await,
+            };
+            match subscribed {
                 Ok(mut subscription) => {
                     backoff_ms = 100;
                     loop {

@@ -84,22 +84,22 @@ async fn open_with(
     }
 }
 
-/// Starts the audit consumer on `bus`: binds the consumer `audit` to every event type
-/// first (so nothing published from now on is missed, even before the task subscribes),
-/// then records each delivery, acknowledging after the append, retrying on store errors,
+/// Starts the audit consumer on `bus`: subscribes the consumer `audit` to every event type
+/// first (so nothing published from now on is missed), then records each delivery, acknowledging after the append, retrying on store errors,
 /// rejecting events it cannot read. Abort the handle to stop it.
 pub async fn start_consumer(
     log: Arc<dyn AuditLog>,
     activity: Arc<dyn ActivityLog>,
     bus: Arc<dyn EventBus>,
 ) -> Result<JoinHandle<()>, String> {
-    // The consumer's queue and bindings outlive this subscription.
-    let binding = bus
+    // Subscribed before returning, so that no event published from now on is missed; the
+    // consumer goes on with this subscription (a second one would be a second
+    // consumer-group join on Kafka, seconds at some brokers).
+    let subscription = bus
         .subscribe(AUDIT_CONSUMER, &AUDITED_EVENT_TYPES)
         .await
         .map_err(|e| format!("audit consumer: {e}"))?;
-    drop(binding);
-    Ok(tokio::spawn(AuditConsumer::new(log, Some(activity)).run(bus)))
+    Ok(tokio::spawn(AuditConsumer::new(log, Some(activity)).run_from(bus, Some(subscription))))
 }
 
 /// The sink of denied requests (`AppState::audit_sink`, `Gateway::record_denials_to`) and

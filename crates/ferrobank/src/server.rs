@@ -139,22 +139,29 @@ pub async fn start_roles(
     let mut notifications = None;
     let mut audit = None;
     if let (Some(payments), true) = (&payments, roles.accounts) {
-        if config.notifications.enabled {
-            let (service, tasks) =
-                crate::notifications::start(config, &store, payments.bus.clone(), clock.clone())
-                    .await?;
+        let stores = crate::audit::open(config, &store).await?;
+        // Side by side: each subscription may wait for a consumer-group join (Kafka).
+        let notifying = async {
+            match config.notifications.enabled {
+                true => {
+                    crate::notifications::start(config, &store, payments.bus.clone(), clock.clone())
+                        .await
+                        .map(Some)
+                }
+                false => Ok(None),
+            }
+        };
+        let auditing = crate::audit::start_consumer(
+            stores.log.clone(),
+            stores.activity.clone(),
+            payments.bus.clone(),
+        );
+        let (notifying, auditing) = tokio::join!(notifying, auditing);
+        if let Some((service, tasks)) = notifying? {
             notifications = Some(service);
             consumers.extend(tasks);
         }
-        let stores = crate::audit::open(config, &store).await?;
-        consumers.push(
-            crate::audit::start_consumer(
-                stores.log.clone(),
-                stores.activity.clone(),
-                payments.bus.clone(),
-            )
-            .await?,
-        );
+        consumers.push(auditing?);
         let (sink, drain) =
             crate::audit::start_denied_sink(config, stores.log.clone(), clock.clone());
         consumers.push(drain);
