@@ -78,7 +78,7 @@ async fn consume(
             Ok(taken) => taken,
             Err(error) => (Vec::new(), Some(error)),
         };
-        settle(&service, batch).await;
+        settle_batch(&service, batch).await;
         if let Some(error) = ended {
             tracing::warn!(%error, "notifications: the bus subscription ended; subscribing again");
             subscription = loop {
@@ -95,7 +95,7 @@ async fn consume(
 /// Records a batch of events and settles each delivery: ack once committed, reject poison,
 /// retry after a store failure. When the store refused the batch, each event is recorded
 /// alone, so that one it refuses does not hold back (or dead-letter) the others.
-async fn settle(service: &NotificationService, batch: Vec<Delivery>) {
+pub async fn settle_batch(service: &NotificationService, batch: Vec<Delivery>) {
     if batch.is_empty() {
         return;
     }

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ on_both_backends!(
     emails_wait_out_an_smtp_outage_and_go_out_when_it_is_back,
     without_smtp_no_email_is_recorded_or_attempted,
     the_ssrf_guard_refuses_private_webhook_urls_and_connections,
+    an_event_the_store_refuses_does_not_hold_back_the_others,
 );
 
 /// Longest a test waits for an effect.
@@ -485,6 +487,35 @@ async fn owners_see_only_their_own_and_bad_input_is_a_problem(backend: Backend) 
     })
     .await;
     assert_eq!(dead[0].event.as_ref().unwrap().id, poison.id);
+}
+
+/// Events delivered together are recorded in one transaction; when the store refuses that
+/// transaction because of one event, the others are still recorded (each on its own).
+async fn an_event_the_store_refuses_does_not_hold_back_the_others(backend: Backend) {
+    let app = Harness::start(backend).await;
+    // PostgreSQL cannot store a NUL character in text (SQLite can: there it is recorded).
+    let mut refused = payment_event(Uuid::now_v7(), "transaction.created", "alice", "pending");
+    refused.data["payment_id"] = json!("nul\u{0}");
+    let good: Vec<Event> = (0..3)
+        .map(|_| payment_event(Uuid::now_v7(), "transaction.created", "alice", "pending"))
+        .collect();
+    // A bus of the test's own, so that the four arrive as one batch (the app's consumer
+    // might take them one by one).
+    let bus = MemoryBus::new(MemoryBusOptions::default()).unwrap();
+    let mut subscription = bus.subscribe("probe", &["transaction.created"]).await.unwrap();
+    let together = [good[0].clone(), refused.clone(), good[1].clone(), good[2].clone()];
+    for published in bus.publish_all(&together).await {
+        published.unwrap();
+    }
+    let (batch, ended) = subscription.next_batch(10).await.unwrap();
+    assert!(ended.is_none());
+    assert_eq!(batch.len(), 4, "one batch");
+    ferrobank::notifications::settle_batch(&app.service, batch).await;
+
+    let page = app.store.notifications("alice", false, None, 10).await.unwrap();
+    let recorded: BTreeSet<String> = page.items.into_iter().map(|n| n.event_id).collect();
+    assert!(good.iter().all(|e| recorded.contains(&e.id)), "{recorded:?}");
+    assert_eq!(recorded.contains(&refused.id), backend == Backend::Sqlite, "{recorded:?}");
 }
 
 /// Seconds since the Unix epoch.
