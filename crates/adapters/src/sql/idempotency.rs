@@ -26,7 +26,7 @@ impl IdempotencyStore for SqlStore {
         .bind(request_hash)
         .bind(locked_until_ms)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         if inserted.rows_affected() == 1 {
@@ -70,7 +70,7 @@ impl IdempotencyStore for SqlStore {
         .bind(scope)
         .bind(key)
         .bind(held_until)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(if taken.rows_affected() == 1 { KeyClaim::Claimed } else { KeyClaim::InFlight })
@@ -90,7 +90,7 @@ impl IdempotencyStore for SqlStore {
         .bind(body)
         .bind(scope)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -102,7 +102,7 @@ impl IdempotencyStore for SqlStore {
         )
         .bind(scope)
         .bind(key)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -111,7 +111,7 @@ impl IdempotencyStore for SqlStore {
     async fn purge(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected())

@@ -67,7 +67,7 @@ impl SqlStore {
             .bind(name)
             .bind(document)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await
             .map_err(map_err)?,
             Some(version) => sqlx::query(
@@ -78,7 +78,7 @@ impl SqlStore {
             .bind(now_ms)
             .bind(name)
             .bind(version)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await
             .map_err(map_err)?,
         };
@@ -153,7 +153,7 @@ impl SqlStore {
         )
         .bind(realm)
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())

@@ -162,6 +162,12 @@ pub const SCHEMA_VERSION: i64 = 8;
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Where write transactions begin ([`SqlStore::begin_write`]). PostgreSQL: `pool`.
+    /// SQLite: a pool of its one connection, so that writers queue in order here instead
+    /// of in SQLite's busy handler, which sleeps up to 100 ms between tries and lets a
+    /// writer that commits batch after batch (the payments writer) starve the others (the
+    /// outbox relay, the consumers): a FIFO turn rather than a race.
+    write_pool: AnyPool,
     backend: Backend,
     /// Signalled when a transaction that wrote the outbox commits in this process.
     outbox_signal: std::sync::Arc<tokio::sync::Notify>,
@@ -180,27 +186,31 @@ impl SqlStore {
             }
             _ => url.to_owned(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes each commit
-                        // durable across power loss, not only across a process crash.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
+        let pool_of = |max_connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_millis(options.acquire_timeout_ms))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL lets readers run beside the writer; FULL makes each commit
+                            // durable across power loss, not only across a process crash.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&url)
-            .await
-            .map_err(map_err)?;
-        Ok(Self { pool, backend, outbox_signal: Default::default() })
+        };
+        let pool = pool_of(options.max_connections).connect(&url).await.map_err(map_err)?;
+        let write_pool = match backend {
+            Backend::Sqlite => pool_of(1).connect(&url).await.map_err(map_err)?,
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Self { pool, write_pool, backend, outbox_signal: Default::default() })
     }
 
     /// The backend behind this store.
@@ -282,6 +292,7 @@ impl SqlStore {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.write_pool.close().await;
         self.pool.close().await;
     }
 
@@ -289,8 +300,8 @@ impl SqlStore {
     /// front, so a transaction that read first never fails to upgrade (SQLITE_BUSY).
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         let begun = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+            Backend::Sqlite => self.write_pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.write_pool.begin().await,
         };
         begun.map_err(map_err)
     }

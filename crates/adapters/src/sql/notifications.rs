@@ -509,7 +509,7 @@ impl NotificationStore for SqlStore {
         )
         .bind(now_ms)
         .bind(id_text(id))
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         self.notification(id).await
@@ -649,7 +649,7 @@ impl NotificationStore for SqlStore {
         .bind(email.last_error.clone())
         .bind(id_text(email.id))
         .bind(id_text(claim))
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(updated.rows_affected() == 1)

@@ -339,7 +339,7 @@ struct SqlClaim {
     /// one relay; a read transaction kept open while publishing could not be upgraded to
     /// the write that marks the rows once a writer committed meanwhile).
     tx: Option<sqlx::Transaction<'static, Any>>,
-    pool: sqlx::AnyPool,
+    store: SqlStore,
     rows: Vec<OutboxRow>,
 }
 
@@ -352,7 +352,7 @@ impl OutboxClaim for SqlClaim {
     async fn finish(mut self: Box<Self>, seqs: &[i64], now_ms: i64) -> Result<(), StoreError> {
         let mut tx = match self.tx.take() {
             Some(tx) => tx,
-            None => self.pool.begin().await.map_err(map_err)?,
+            None => self.store.begin_write().await?,
         };
         for chunk in seqs.chunks(512) {
             let sql = format!(
@@ -411,7 +411,7 @@ impl OutboxStore for SqlStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(Box::new(SqlClaim { tx, pool: self.pool.clone(), rows })))
+        Ok(Some(Box::new(SqlClaim { tx, store: self.clone(), rows })))
     }
 
     async fn outbox_changed(&self, max_wait_ms: u64) {
@@ -432,7 +432,7 @@ impl OutboxStore for SqlStore {
     async fn purge_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM inbox WHERE processed_at_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.write_pool)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -443,7 +443,7 @@ impl OutboxStore for SqlStore {
             "DELETE FROM outbox WHERE published_at_ms IS NOT NULL AND published_at_ms < $1",
         )
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(&self.write_pool)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
