@@ -125,13 +125,7 @@ async fn login_pages_and_sessions_expire(backend: Backend) {
     else {
         panic!("logged in")
     };
-    let code = url::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
+    let code = code_in(&location);
     clock.0.fetch_add(60_001, Ordering::SeqCst);
     let redeem = TokenRequest {
         grant_type: Some("authorization_code".into()),
@@ -234,13 +228,7 @@ async fn tokens_of(idp: &IdentityProvider, username: &str, password: &str) -> se
     else {
         panic!("logged in")
     };
-    let code = url::Url::parse(&location)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .into_owned();
+    let code = code_in(&location);
     let redeem = TokenRequest {
         grant_type: Some("authorization_code".into()),
         code: Some(code),
@@ -337,3 +325,9 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(keys_expire_after_their_tokens, login_pages_and_sessions_expire);
+
+/// The authorization code of a redirect to the client.
+fn code_in(location: &str) -> String {
+    let url = url::Url::parse(location).unwrap();
+    url.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+}
